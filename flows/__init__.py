@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks; one subflow per stage, each runnable alone."""
