@@ -1,0 +1,192 @@
+"""The `planet` command line: everyday commands over the library and the flows.
+
+    planet synth COMPETITION --root ROOT [--train N] [--test N] [--additional N] [--seed S]
+    planet kaggle-local --root ROOT [--host 127.0.0.1] [--port P]
+    planet demo [--competition SLUG] [--workdir DIR] [--kaggle-root ROOT]
+    planet run [--competition SLUG] [--data-dir DIR] [--stages prepare] [--files NAME ...]
+
+Prefect and the kaggle client are imported only by the commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from planet.competitions import COMPETITIONS, resolve
+
+COMPETITION_HELP = "Kaggle slug or alias: " + "; ".join(
+    f"{c.slug} ({', '.join(c.aliases)})" for c in COMPETITIONS
+)
+
+
+def _competition(value: str) -> str:
+    try:
+        return resolve(value).slug
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_sizes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", type=int, default=None, help="train images (default: demo size)")
+    p.add_argument("--test", type=int, default=None, help="test images (default: demo size)")
+    p.add_argument("--additional", type=int, default=None, help="Planet test-jpg-additional images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from planet import synthetic
+
+    out = synthetic.generate(
+        args.competition,
+        Path(args.root),
+        train=args.train,
+        test=args.test,
+        additional=args.additional,
+        seed=args.seed,
+    )
+    for f in sorted(out.iterdir()):
+        if f.is_file():
+            print(f"{f.stat().st_size:>12,}  {f}")
+    print(f"hidden solution: {out / '_private' / 'solution.csv'}")
+    return 0
+
+
+def cmd_kaggle_local(args: argparse.Namespace) -> int:
+    from planet.kaggle_local import serve_forever
+
+    serve_forever(Path(args.root), host=args.host, port=args.port)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    summary = run_demo(
+        competition=args.competition,
+        workdir=Path(args.workdir),
+        kaggle_root=Path(args.kaggle_root) if args.kaggle_root else None,
+        train=args.train,
+        test=args.test,
+        additional=args.additional,
+        seed=args.seed,
+    )
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.config import PrepareConfig
+    from flows.prepare import prepare
+
+    config = PrepareConfig(
+        competition=args.competition,
+        data_dir=args.data_dir,
+        files=args.files or None,
+        kaggle_endpoint=args.kaggle_endpoint,
+        shard_size=args.shard_size,
+        write_files=args.write_files,
+    )
+    summary = prepare(config)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="planet",
+        description="Kaggle image competitions from raw download to submission, with Prefect.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "synth",
+        help="generate a synthetic competition in Kaggle's file layout",
+        description="Write a learnable synthetic competition with Kaggle's exact "
+        "files under ROOT/<slug>/, plus the hidden _private/solution.csv.",
+    )
+    p.add_argument("competition", type=_competition, help=COMPETITION_HELP)
+    p.add_argument("--root", required=True, help="folder holding one folder per competition")
+    _add_sizes(p)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser(
+        "kaggle-local",
+        help="serve competition folders as a local Kaggle API",
+        description="Serve ROOT/<slug>/ folders to the real kaggle client until "
+        "stopped. Accepts the credentials in KAGGLE_USERNAME/KAGGLE_KEY or "
+        "kaggle.json; point the client at the printed URL.",
+    )
+    p.add_argument("--root", required=True, help="folder holding one folder per competition")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.set_defaults(func=cmd_kaggle_local)
+
+    p = sub.add_parser(
+        "demo",
+        help="offline end-to-end demo on a synthetic competition",
+        description="Generate a synthetic competition (unless --kaggle-root is "
+        "given), serve it locally, and run the pipeline against it with the real "
+        "kaggle client. Ends with one JSON line summarising the run.",
+    )
+    p.add_argument("--competition", type=_competition, default="planet", help=COMPETITION_HELP)
+    p.add_argument("--workdir", default="demo", help="where data and generated files go")
+    p.add_argument(
+        "--kaggle-root",
+        default=None,
+        help="serve this folder of competitions instead of generating one",
+    )
+    _add_sizes(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "run",
+        help="run the pipeline against Kaggle (or --kaggle-endpoint)",
+        description="Run the pipeline's stages for a competition. Credentials "
+        "come from KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json.",
+    )
+    p.add_argument("--competition", type=_competition, default="planet", help=COMPETITION_HELP)
+    p.add_argument("--data-dir", default="data", help="data directory (default ./data)")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["prepare"],
+        default=["prepare"],
+        help="stages to run (more stages come with later releases)",
+    )
+    p.add_argument("--files", nargs="*", default=None, help="only these Kaggle files")
+    p.add_argument(
+        "--kaggle-endpoint",
+        default=None,
+        help="base URL of a Kaggle-compatible server (default: kaggle.com)",
+    )
+    p.add_argument("--shard-size", type=int, default=2000, help="images per parquet shard")
+    p.add_argument(
+        "--write-files", action="store_true", help="also write images/<split>/<name>.jpg"
+    )
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def prefect_defaults() -> None:
+    """Defaults that make Prefect's ephemeral mode work on a fresh home (set before import)."""
+    # First start on a fresh home runs database migrations (20-30 s here).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    prefect_defaults()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

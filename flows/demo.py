@@ -1,0 +1,104 @@
+"""The offline demo: a synthetic competition, served by the local Kaggle server, fetched by the
+real kaggle client and run through the pipeline's flows.
+
+The demo's Kaggle credentials are made up for this run and live only in this process's
+environment (never in a flow parameter, result or artifact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from planet import synthetic
+from planet.competitions import resolve
+from planet.fileio import read_json
+
+DEMO_USER = "planet-demo"
+
+
+def ensure_synthetic(
+    slug: str, root: Path, *, train: int | None, test: int | None, additional: int | None,
+    seed: int,
+) -> Path:
+    """Generate the synthetic competition unless the same one is already complete under root."""
+    comp = resolve(slug)
+    out = root / slug
+    settings = out / synthetic.PRIVATE_DIR / "synthetic.json"
+    wanted = {
+        "seed": seed,
+        "sizes": synthetic.resolve_sizes(comp, train=train, test=test, additional=additional),
+    }
+    if settings.exists() and all((out / f.name).is_file() for f in comp.files):
+        have = read_json(settings)
+        if {k: have.get(k) for k in wanted} == wanted:
+            return out
+    return synthetic.generate(slug, root, train=train, test=test, additional=additional, seed=seed)
+
+
+@contextlib.contextmanager
+def demo_credentials() -> Iterator[dict[str, str]]:
+    """Made-up credentials in this process's environment for the duration of the demo."""
+    creds = {DEMO_USER: secrets.token_hex(16)}
+    saved = {k: os.environ.get(k) for k in ("KAGGLE_USERNAME", "KAGGLE_KEY")}
+    os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"] = DEMO_USER, creds[DEMO_USER]
+    try:
+        yield creds
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_demo(
+    competition: str = "planet",
+    workdir: Path = Path("demo"),
+    kaggle_root: Path | None = None,
+    *,
+    train: int | None = None,
+    test: int | None = None,
+    additional: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Generate (unless kaggle_root is given), serve locally, run the flows; return a summary."""
+    from flows.config import PrepareConfig
+    from flows.prepare import prepare
+    from planet.kaggle_local import LocalKaggleServer
+
+    t0 = time.perf_counter()
+    slug = resolve(competition).slug
+    workdir = workdir.expanduser().resolve()
+    if kaggle_root is None:
+        kaggle_root = workdir / "kaggle"
+        ensure_synthetic(
+            slug, kaggle_root, train=train, test=test, additional=additional, seed=seed
+        )
+    elif not (kaggle_root / slug).is_dir():
+        raise FileNotFoundError(
+            f"--kaggle-root {kaggle_root} has no folder {slug}/: lay it out as "
+            f"<root>/<competition-slug>/<Kaggle files> (see `planet synth --help`)"
+        )
+    with demo_credentials() as creds, LocalKaggleServer(kaggle_root, credentials=creds) as server:
+        print(f"local Kaggle server at {server.url} serving {kaggle_root}", flush=True)
+        config = PrepareConfig(
+            competition=slug, data_dir=str(workdir / "data"), kaggle_endpoint=server.url
+        )
+        prepared = prepare(config)
+    summary = {
+        "demo": "ok",
+        "competition": slug,
+        "workdir": str(workdir),
+        "kaggle_root": str(kaggle_root),
+        "seconds": round(time.perf_counter() - t0, 1),
+        **prepared,
+    }
+    json.dumps(summary)  # the summary must stay JSON-able: it is the demo's last line
+    return summary

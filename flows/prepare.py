@@ -1,0 +1,150 @@
+"""Prepare a competition's data: fetch the Kaggle files, then extract them.
+
+    prepare = fetch (list files, download each, resuming)  ->  extract (archives -> parquet shards,
+              CSVs -> tables/)
+
+`fetch` and `extract` are subflows, each runnable alone (`extract` then reads raw/manifest.json).
+Every task is cached on content: a second run shows them Cached and does no work; a task whose
+outputs were deleted runs again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from flows.config import PrepareConfig
+from planet import kaggle
+from planet.layout import CompetitionDirs
+from tasks import extract as extract_tasks
+from tasks import fetch as fetch_tasks
+from tasks.caching import run_cached
+from tasks.progress import artifact_key
+
+
+@flow(name="fetch", flow_run_name="fetch {config.competition}")
+def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
+    """Download the selected files of the competition into raw/ (skipping complete ones)."""
+    slug, data_dir = config.competition, str(config.data_path)
+    listing = {f["name"]: f for f in fetch_tasks.list_remote_files(slug, config.kaggle_endpoint)}
+    wanted = config.selected_files()
+    missing = [name for name in wanted if name not in listing]
+    if missing:
+        raise kaggle.KaggleNotFoundError(
+            f"{slug} does not list {missing} (it lists {sorted(listing)}); "
+            "check the competition and the file names"
+        )
+    futures = {
+        name: run_cached(
+            fetch_tasks.download_file,
+            outputs_complete=fetch_tasks.download_complete(slug, listing[name], data_dir),
+            submit=True,
+            slug=slug,
+            remote=listing[name],
+            data_dir=data_dir,
+            endpoint=config.kaggle_endpoint,
+        )
+        for name in wanted
+    }
+    records = {name: future.result() for name, future in futures.items()}
+    create_table_artifact(
+        key=artifact_key(slug, "raw-files"),
+        table=[
+            {"file": r["name"], "bytes": r["size"], "sha256": r["sha256"]} for r in records.values()
+        ],
+        description=f"Kaggle files of {slug} in {CompetitionDirs.of(data_dir, slug).raw}",
+    )
+    return records
+
+
+@flow(name="extract", flow_run_name="extract {config.competition}")
+def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Images -> original-image parquet shards per split; CSVs -> tables/."""
+    slug, data_dir = config.competition, str(config.data_path)
+    dirs = CompetitionDirs.of(data_dir, slug)
+    if raw is None:
+        raw = kaggle.read_raw_records(dirs.raw, config.selected_files())
+    spec = config.spec
+    image_futures, tables = {}, {}
+    for name in config.selected_files():
+        data_file, source = spec.file(name), raw[name]
+        if data_file.kind == "images":
+            params = dict(
+                slug=slug,
+                file_name=name,
+                source=source,
+                data_dir=data_dir,
+                shard_size=config.shard_size,
+                write_files=config.write_files,
+            )
+            image_futures[data_file.split] = run_cached(
+                extract_tasks.extract_images,
+                outputs_complete=extract_tasks.images_complete(**params),
+                submit=True,
+                **params,
+            )
+        else:
+            params = dict(slug=slug, file_name=name, source=source, data_dir=data_dir)
+            tables[name] = run_cached(
+                extract_tasks.extract_table,
+                outputs_complete=extract_tasks.table_complete(**params),
+                **params,
+            )
+    images = {split: future.result() for split, future in image_futures.items()}
+    return {
+        "images": {
+            split: {
+                "count": m["count"],
+                "shards": len(m["shards"]),
+                "dir": str(dirs.original_shards(split)),
+            }
+            for split, m in images.items()
+        },
+        "tables": {
+            name: {"table": t["name"], "rows": t["rows"], "path": str(dirs.tables / t["name"])}
+            for name, t in tables.items()
+        },
+    }
+
+
+@flow(name="prepare", flow_run_name="prepare {config.competition}")
+def prepare(config: PrepareConfig | None = None) -> dict[str, Any]:
+    """Fetch then extract; returns a JSON-able summary (counts, paths)."""
+    config = config or PrepareConfig()
+    logger = get_run_logger()
+    raw = fetch(config)
+    extracted = extract(config, raw)
+    summary = {
+        "competition": config.competition,
+        "data_dir": str(config.data_path),
+        "raw": {name: {"bytes": r["size"], "sha256": r["sha256"]} for name, r in raw.items()},
+        **extracted,
+    }
+    create_markdown_artifact(
+        key=artifact_key(config.competition, "prepare-summary"),
+        markdown=_summary_markdown(summary),
+        description=f"prepare {config.competition}",
+    )
+    for split, info in extracted["images"].items():
+        logger.info("%s: %s images -> %s", split, f"{info['count']:,}", info["dir"])
+    return summary
+
+
+def _summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# Prepared {summary['competition']}",
+        "",
+        f"Data directory: `{summary['data_dir']}`",
+        "",
+        "| split | images | shards | folder |",
+        "|---|---:|---:|---|",
+    ]
+    for split, info in summary["images"].items():
+        lines.append(f"| {split} | {info['count']:,} | {info['shards']} | `{info['dir']}` |")
+    lines += ["", "| table | rows | path |", "|---|---:|---|"]
+    for info in summary["tables"].values():
+        lines.append(f"| {info['table']} | {info['rows']:,} | `{info['path']}` |")
+    return "\n".join(lines) + "\n"

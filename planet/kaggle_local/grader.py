@@ -1,0 +1,241 @@
+"""Score a submission CSV against a competition's hidden `_private/solution.csv`, like Kaggle.
+
+The grader is chosen by the competition's metric (`planet.competitions.resolve(slug).metric`):
+
+* `mean_f2` (Planet): submission `image_name,tags` (space-separated tags) against a solution
+  `image_name,tags,Usage`; mean per-image F2 over the 17 tags.
+* `log_loss` (Dogs vs Cats): submission `id,label` (label = P(dog)) against a solution
+  `id,label,Usage` (label 0/1).
+
+Rows whose `Usage` is `Public` give the public score, `Private` rows the private score. A
+malformed submission (bad columns, missing/extra/duplicate ids, unparsable values) gives an
+error message instead of scores, as Kaggle marks such a submission "error".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planet.competitions import Competition, resolve
+from planet.metrics import fbeta_samples, log_loss
+
+USAGES = ("Public", "Private")
+_MAX_EXAMPLES = 3
+
+
+class GradingError(ValueError):
+    """The submission can't be scored; the message says why (shown to the submitter)."""
+
+
+class SolutionError(ValueError):
+    """The hidden solution file itself is unusable (a server-side setup problem)."""
+
+
+@dataclass(frozen=True)
+class GradeResult:
+    """Scores of one submission, or the error that stopped it being scored."""
+
+    public_score: float | None = None
+    private_score: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def grade_file(
+    slug: str, submission: str | os.PathLike[str], solution: str | os.PathLike[str]
+) -> GradeResult:
+    """Grade the submission file against the solution file; never raises for bad input."""
+    try:
+        comp = resolve(slug)
+    except ValueError:
+        return GradeResult(
+            error=f"no grader for competition {slug!r}: it is not a known competition"
+        )
+    solution = Path(solution)
+    if not solution.is_file():
+        return GradeResult(error=f"competition {slug!r} has no solution file to grade against")
+    try:
+        sub_text = _read_text(Path(submission), "submission")
+        sol_text = _read_text(solution, "solution")
+        public, private = grade_texts(comp, sub_text, sol_text)
+    except (GradingError, SolutionError) as exc:
+        return GradeResult(error=str(exc))
+    return GradeResult(public_score=public, private_score=private)
+
+
+def grade_texts(
+    comp: Competition, submission: str, solution: str
+) -> tuple[float | None, float | None]:
+    """(public score, private score) of a submission's CSV text; raises GradingError."""
+    id_col, value_col = comp.submission_columns
+    truth = _read_solution(solution, id_col, value_col)
+    pred = _read_submission(submission, id_col, value_col)
+    _check_ids(id_col, pred, truth)
+    scores: dict[str, float | None] = {}
+    for usage in USAGES:
+        ids = [i for i, (_, u) in truth.items() if u == usage]
+        if not ids:
+            scores[usage] = None
+        elif comp.metric == "mean_f2":
+            scores[usage] = _mean_f2(comp, ids, pred, truth)
+        elif comp.metric == "log_loss":
+            scores[usage] = _log_loss(ids, pred, truth, id_col, value_col)
+        else:  # pragma: no cover - competitions.py only defines the two metrics above
+            raise GradingError(f"no grader for metric {comp.metric!r}")
+    return scores["Public"], scores["Private"]
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise (SolutionError if what == "solution" else GradingError)(
+            f"could not read the {what} file: {exc.strerror}"
+        ) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise (SolutionError if what == "solution" else GradingError)(
+            f"the {what} file is not UTF-8 text"
+        ) from None
+
+
+def _rows(
+    text: str, required: tuple[str, ...], what: str, err: type[ValueError]
+) -> list[dict[str, str]]:
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if not header:
+        raise err(f"the {what} is empty: expected a header row {','.join(required)}")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise err(
+            f"the {what} is missing column(s) {', '.join(missing)}: expected columns "
+            f"{','.join(required)}, found {','.join(header)}"
+        )
+    extra = [c for c in header if c not in required]
+    if extra:
+        raise err(
+            f"the {what} has unexpected column(s) {', '.join(extra)}: expected exactly "
+            f"{','.join(required)}"
+        )
+    reader.fieldnames = header
+    rows = []
+    for line_no, row in enumerate(reader, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise err(f"the {what} has the wrong number of fields on line {line_no}")
+        rows.append({k: v.strip() for k, v in row.items()})
+    return rows
+
+
+def _read_solution(text: str, id_col: str, value_col: str) -> dict[str, tuple[str, str]]:
+    truth: dict[str, tuple[str, str]] = {}
+    for row in _rows(text, (id_col, value_col, "Usage"), "solution", SolutionError):
+        key, usage = row[id_col], row["Usage"]
+        if usage not in USAGES:
+            raise SolutionError(
+                f"solution row {key!r} has Usage {usage!r}: expected Public or Private"
+            )
+        if key in truth:
+            raise SolutionError(f"solution has {id_col} {key!r} twice")
+        truth[key] = (row[value_col], usage)
+    return truth
+
+
+def _read_submission(text: str, id_col: str, value_col: str) -> dict[str, str]:
+    pred: dict[str, str] = {}
+    dups: list[str] = []
+    for row in _rows(text, (id_col, value_col), "submission", GradingError):
+        key = row[id_col]
+        if key in pred:
+            dups.append(key)
+        pred[key] = row[value_col]
+    if dups:
+        raise GradingError(
+            f"the submission has {len(dups)} duplicate {id_col} value(s), e.g. {_examples(dups)}"
+        )
+    return pred
+
+
+def _check_ids(id_col: str, pred: dict[str, str], truth: dict[str, tuple[str, str]]) -> None:
+    missing = [k for k in truth if k not in pred]
+    extra = [k for k in pred if k not in truth]
+    problems = []
+    if missing:
+        problems.append(f"is missing {len(missing)} {id_col} value(s), e.g. {_examples(missing)}")
+    if extra:
+        problems.append(f"has {len(extra)} unexpected {id_col} value(s), e.g. {_examples(extra)}")
+    if problems:
+        raise GradingError(
+            f"the submission {' and '.join(problems)}; it must have exactly one row for each "
+            f"of the {len(truth)} test {id_col} values"
+        )
+
+
+def _examples(keys: list[str]) -> str:
+    shown = ", ".join(repr(k) for k in keys[:_MAX_EXAMPLES])
+    return shown + (" ..." if len(keys) > _MAX_EXAMPLES else "")
+
+
+def _multi_hot(
+    comp: Competition, tags: str, key: str, what: str, err: type[ValueError]
+) -> np.ndarray:
+    index = {c: i for i, c in enumerate(comp.classes)}
+    row = np.zeros(len(comp.classes), dtype=bool)
+    for tag in tags.split():
+        if tag not in index:
+            raise err(
+                f"the {what} row for {key!r} has unknown tag {tag!r}; valid tags are "
+                f"{' '.join(comp.classes)}"
+            )
+        row[index[tag]] = True
+    return row
+
+
+def _mean_f2(
+    comp: Competition,
+    ids: list[str],
+    pred: dict[str, str],
+    truth: dict[str, tuple[str, str]],
+) -> float:
+    y_true = np.stack([_multi_hot(comp, truth[k][0], k, "solution", SolutionError) for k in ids])
+    y_pred = np.stack([_multi_hot(comp, pred[k], k, "submission", GradingError) for k in ids])
+    return fbeta_samples(y_true, y_pred, beta=2.0)
+
+
+def _log_loss(
+    ids: list[str],
+    pred: dict[str, str],
+    truth: dict[str, tuple[str, str]],
+    id_col: str,
+    value_col: str,
+) -> float:
+    y = np.empty(len(ids))
+    p = np.empty(len(ids))
+    for i, key in enumerate(ids):
+        label = truth[key][0]
+        if label not in ("0", "1"):
+            raise SolutionError(
+                f"solution {value_col} for {id_col} {key!r} is {label!r}: expected 0 or 1"
+            )
+        y[i] = float(label)
+        try:
+            p[i] = float(pred[key])
+        except ValueError:
+            raise GradingError(
+                f"the submission {value_col} for {id_col} {key!r} is {pred[key]!r}: expected a "
+                "probability between 0 and 1"
+            ) from None
+        if not math.isfinite(p[i]):
+            raise GradingError(f"the submission {value_col} for {id_col} {key!r} is not finite")
+    return log_loss(y, p)
