@@ -24,7 +24,12 @@ DEMO_USER = "planet-demo"
 
 
 def ensure_synthetic(
-    slug: str, root: Path, *, train: int | None, test: int | None, additional: int | None,
+    slug: str,
+    root: Path,
+    *,
+    train: int | None,
+    test: int | None,
+    additional: int | None,
     seed: int,
 ) -> Path:
     """Generate the synthetic competition unless the same one is already complete under root."""

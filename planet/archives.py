@@ -5,9 +5,9 @@ Images
 `extract_images` decodes a `.tar.7z` (a 7z holding one tar whose members are
 `<inner_dir>/<name>.jpg`, usually after a directory member `<inner_dir>/`) or a `.zip`
 (`train/cat.0.jpg`, ...) and streams the image members straight into parquet shards
-(`planet.shards`) without writing the tar or the small files to disk. py7zr decodes the 7z
-and pushes decoded chunks into `_TarStream`, a small incremental tar parser, which hands each
-member to `_ShardBuilder`.
+(`planet.shards`) without writing the tar or the small files to disk: the decoder (7-Zip or
+py7zr, see below) produces the tar's bytes in ~1 MB chunks, `_TarStream`, a small incremental
+tar parser, cuts them into members and `_ShardBuilder` checks each member and fills shards.
 
 Member rules (every member is checked, whatever its name):
 
@@ -19,7 +19,7 @@ Member rules (every member is checked, whatever its name):
   archive is not laid out like Kaggle's, so it is probably the wrong file. With a
   `name_prefix` (Planet), every stem must start with it. The bytes must start with a JPEG
   marker (`FF D8`);
-- skipped and listed in the manifest (`skipped`): directories, files that are not `.jpg`
+- skipped and counted in the manifest (`skipped`, with the first 20 names): directories, files that are not `.jpg`
   (`.DS_Store`, `Thumbs.db`, a README), hidden files (names starting with `.`, including
   macOS `._*` resource forks) and anything under `__MACOSX/`;
 - an archive with no image, or with two images of the same name, fails.
@@ -41,18 +41,31 @@ without decoding anything (`images_complete` does that check alone). With `files
 plain files are written to a hidden temporary folder beside it that is renamed to `files_dir`
 just before the manifest is written, so `files_dir` never looks complete when it is not.
 
-Speed and parallelism (measured on this project's 2-core test machine, 4,000 Planet-like
-256x256 JPEGs of ~17 KB, a 65 MB `.tar.7z`)
------------------------------------------------------------------------------------------
-Decoding LZMA2 in liblzma is the limit: ~13-14 MB/s per core, 97% of the time in
-`LZMADecompressor.decompress`; parsing the tar and writing parquet adds ~5%. `7z x -so | tar x`
-decodes a little faster (7-Zip's own decoder) but then spends ~1 ms of kernel time per small
-file it creates, so this module runs ~1.6-1.9x faster than it (see `bench/extract.py`).
+Decoding and speed
+------------------
+A `.tar.7z` is decoded by the 7-Zip program when one is on PATH (`7z`, `7zz` or `7za`; run
+as `7z x -so`, its output piped into this process) or else by py7zr (liblzma) in a helper
+thread; `decoder=` forces one. Either way the tar and the small files never touch the disk.
+Both give byte-identical shards; the archive header is always read by py7zr.
 
-One `.tar.7z` is one LZMA2 stream, so it is decoded on one core; parallelism is across
-archives. Two archives on 2 cores (`bench/extract.py --parallel`): sequential 10.6 s, two
-threads 5.6 s (1.9x), two processes 5.7 s (1.9x). liblzma releases the GIL while it decodes,
-so threads scale like processes: the orchestration layer can run one `extract_images` per
+Measured on the project's 2-core machine (shared with other jobs: best of 3-5 runs), with
+4,000 Planet-like 256x256 JPEGs (55.8 MB of JPEG, a 53 MB `.tar.7z`, `bench/extract.py`):
+
+- LZMA2 decoding is the limit and cannot be split: one `.tar.7z` is one LZMA2 stream, decoded
+  on one core. 7-Zip decodes it in ~3.1 s, liblzma (py7zr) in ~3.9 s.
+- this module: 3.5 s with 7-Zip (~1,130 images/s, 15.7 MB/s of JPEG), 4.0 s with py7zr
+  (tar parsing, parquet writing and hashing the archive overlap the decoding on the second
+  core; in one thread py7zr took 4.8 s);
+- `7z x -so | tar x` took 3.4 s when creating small files was cheap (then the ratio is
+  ~0.95-1.07: both wait on the same decoder), and 6-10 s when the file system was busy (tar
+  spent 3.5-4.9 s of kernel time on 4,000 files; ratio 1.6-2.5).
+- at Planet's size (40,000 images, 553 MB of JPEG, a 525 MB `.tar.7z`): this module 35.4 s
+  with 7-Zip (1,131 images/s), 38.7 s with py7zr; `7z x -so | tar x` 41.2 s (ratio 1.16).
+
+Parallelism is across archives. Two archives, 2 cores, py7zr decoder: sequential 7.7 s, two
+threads 4.3 s (1.8x), two processes 4.1 s (1.9x); 7-Zip decoder: 6.3 s, 3.6 s (1.8x),
+3.8 s. liblzma releases the GIL while it decodes (and 7-Zip runs in its own process), so
+threads scale like processes: the orchestration layer can run one `extract_images` per
 archive in threads (Prefect's default task runner); no process pool is needed.
 `extract_many` runs a list of jobs in a thread pool for callers outside Prefect.
 """
@@ -244,7 +257,8 @@ class _ShardBuilder:
         self.seen: set[str] = set()
         self.count = 0
         self.image_bytes = 0
-        self.skipped: list[str] = []
+        self.skipped = 0
+        self.skipped_examples: list[str] = []  # the first 20
         self.shards: list[dict[str, Any]] = []
         self._names: list[str] = []
         self._jpegs: list[bytes] = []
@@ -256,7 +270,9 @@ class _ShardBuilder:
         stem = _classify(self.archive, self.data_file, member, kind)
         if stem is None:
             if kind == "file":
-                self.skipped.append(member)
+                self.skipped += 1
+                if len(self.skipped_examples) < 20:
+                    self.skipped_examples.append(member)
             return False
         if size > MAX_IMAGE_BYTES:
             raise _member_error(
@@ -823,18 +839,21 @@ def images_complete(
         manifest = read_json(path)
     except (OSError, ValueError):
         return None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or manifest.get("config") != _config(shard_size)
-        or manifest.get("source", {}).get("sha256") != archive_sha256
-    ):
-        return None
-    for rec in manifest.get("shards", []):
-        p = out_dir / rec["name"]
-        if not p.is_file() or p.stat().st_size != rec["bytes"]:
+    try:
+        if (
+            manifest.get("format") != FORMAT
+            or manifest.get("format_version") != FORMAT_VERSION
+            or manifest.get("config") != _config(shard_size)
+            or manifest["source"]["sha256"] != archive_sha256
+        ):
             return None
-    if files_dir is not None and not _files_complete(Path(files_dir), manifest["count"]):
+        for rec in manifest["shards"]:
+            p = out_dir / rec["name"]
+            if not p.is_file() or p.stat().st_size != rec["bytes"]:
+                return None
+        if files_dir is not None and not _files_complete(Path(files_dir), manifest["count"]):
+            return None
+    except (AttributeError, KeyError, TypeError):  # not a manifest of ours
         return None
     return manifest
 
@@ -869,16 +888,15 @@ def _resume_state(
             old = read_json(out_dir / PROGRESS_FILE)
         except (OSError, ValueError):
             old = None
-        if (
-            isinstance(old, dict)
-            and old.get("source", {}).get("sha256") == source["sha256"]
-            and old.get("config") == config
-        ):
-            for i, rec in enumerate(old.get("shards", [])):
-                p = out_dir / shard_name(i)
-                if rec.get("name") != p.name or not p.is_file() or p.stat().st_size != rec["bytes"]:
-                    break
-                reusable.append(rec)
+        try:
+            if old["source"]["sha256"] == source["sha256"] and old["config"] == config:
+                for i, rec in enumerate(old["shards"]):
+                    p = out_dir / shard_name(i)
+                    if rec["name"] != p.name or not p.is_file() or p.stat().st_size != rec["bytes"]:
+                        break
+                    reusable.append(rec)
+        except (KeyError, TypeError):  # no progress file, or not one of ours: start over
+            reusable = []
     keep = {r["name"] for r in reusable}
     for p in shard_files(out_dir):
         if p.name not in keep:
@@ -934,8 +952,8 @@ def extract_images(
     it. With `files_dir`, also write `files_dir/<name>.jpg`. `progress(done, total)` is called
     after each shard (for a tar, `total` is an estimate from the bytes decoded so far).
     `archive_sha256`, when the caller already knows it, saves hashing the archive.
-    `decoder` (for .tar.7z): "py7zr" decodes in this thread; "7z" pipes the 7-Zip program
-    (~25% faster, and in its own process); "auto" uses 7-Zip when it is on PATH.
+    `decoder` (for .tar.7z): "py7zr" decodes with liblzma in a helper thread; "7z" pipes the
+    7-Zip program (its decoder is ~25% faster); "auto" uses 7-Zip when it is on PATH.
 
     Resumes an interrupted run; returns at once if the split is already complete. Raises
     `ArchiveError` for a damaged, unsafe or unexpected archive (leaving no output)."""
@@ -987,7 +1005,7 @@ def extract_images(
                 "count": builder.count,
                 "image_bytes": builder.image_bytes,
                 "shards": shards,
-                "skipped": {"count": len(builder.skipped), "examples": builder.skipped[:20]},
+                "skipped": {"count": builder.skipped, "examples": builder.skipped_examples},
             }
             if files_tmp is not None and files_path is not None:
                 _commit_files(files_tmp, files_path)
@@ -1046,13 +1064,13 @@ def extract_many(jobs: Iterable[ExtractJob], workers: int = 2) -> list[dict[str,
 # tables
 
 
-def _count_rows(path: Path) -> int:
+def _count_rows(path: Path, label: str) -> int:
     """Data rows of a CSV (records after the header; blank lines not counted)."""
     try:
         with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
             n = sum(1 for row in csv.reader(fh) if row)
     except csv.Error as exc:
-        raise ArchiveError(f"{path.name} is not a readable CSV ({exc})") from exc
+        raise ArchiveError(f"{label} is not a readable CSV ({exc}); {_REDOWNLOAD}") from exc
     return max(n - 1, 0)
 
 
@@ -1144,7 +1162,7 @@ def extract_table(
                     ) from exc
         if size == 0:
             raise ArchiveError(f"{source}: the CSV {name} is empty; " + _REDOWNLOAD)
-        rows = _count_rows(tmp)
+        rows = _count_rows(tmp, f"{source}: {name}")
     record = {"name": name, "sha256": digest, "bytes": size, "rows": rows, "source": src_record}
     with _locked_tables(out_dir):
         manifest = _read_tables_manifest(out_dir)

@@ -47,6 +47,7 @@ def extract_images(
         shard_size=shard_size,
         files_dir=dirs.image_folder(data_file.split) if write_files else None,
         progress=progress,
+        archive_sha256=source["sha256"],
     )
     progress.done()
     get_run_logger().info(

@@ -167,6 +167,23 @@ def test_files_dir_written_and_complete(tmp_path):
     assert (files / "train_0.jpg").read_bytes() == imgs[0][1]
 
 
+def test_interrupted_files_dir_never_looks_complete(tmp_path):
+    archive = planet_7z(tmp_path / "train-jpg.tar.7z", images(5))
+    files = tmp_path / "images" / "train"
+    with pytest.raises(Crash):
+        extract_images(
+            archive,
+            TRAIN,
+            tmp_path / "shards",
+            shard_size=2,
+            files_dir=files,
+            progress=_crash_after_first_shard,
+        )
+    assert list(files.parent.iterdir()) == []  # neither the folder nor its temporary copy
+    extract_images(archive, TRAIN, tmp_path / "shards", shard_size=2, files_dir=files)
+    assert len(list(files.iterdir())) == 5
+
+
 def test_long_names_gnu_and_pax(tmp_path):
     long = "train_" + "x" * 150
     for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
@@ -210,11 +227,21 @@ def _special(kind: bytes) -> tarfile.TarInfo:
     ],
     ids=["dotdot", "dotdot-inner", "absolute", "symlink", "hardlink", "chr", "blk", "fifo"],
 )
-def test_unsafe_tar_members_rejected(tmp_path, member, words):
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_unsafe_tar_members_rejected(tmp_path, member, words, decoder):
     archive = planet_7z(tmp_path / "train-jpg.tar.7z", images(4), [member])
     out = tmp_path / "shards"
+    written = []
     with pytest.raises(ArchiveError) as err:
-        extract_images(archive, TRAIN, out, shard_size=2)  # 2 shards written before it
+        extract_images(  # 2 shards are written before the bad member
+            archive,
+            TRAIN,
+            out,
+            shard_size=2,
+            decoder=decoder,
+            progress=lambda d, t: written.append(d),
+        )
+    assert written == [2, 4]
     msg = str(err.value)
     name = member[0] if isinstance(member, tuple) else member.name
     assert str(archive) in msg and repr(name) in msg and words in msg

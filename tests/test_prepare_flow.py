@@ -57,17 +57,23 @@ def _run_prepare(config: PrepareConfig) -> tuple[dict, dict[str, str]]:
         while level:  # walk the tree: task runs of these flow runs, then their subflow runs
             task_runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=level)),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200,
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
             )
             states.update({t.name: t.state.name for t in task_runs})
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_task_run_id=FlowRunFilterParentTaskRunId(
-                        any_=[t.id for t in task_runs]
-                    )
-                ),
-                sort=FlowRunSort.START_TIME_ASC, limit=200,
-            ) if task_runs else []
+            children = (
+                client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_task_run_id=FlowRunFilterParentTaskRunId(
+                            any_=[t.id for t in task_runs]
+                        )
+                    ),
+                    sort=FlowRunSort.START_TIME_ASC,
+                    limit=200,
+                )
+                if task_runs
+                else []
+            )
             level = [r.id for r in children]
     return summary, states
 
@@ -115,3 +121,73 @@ def test_prepare_twice_is_cached_and_rebuilds_deleted_outputs(served_planet, tmp
     _, states4 = _run_prepare(config)
     assert states4["extract test-jpg.tar.7z"] == "Cached"
     assert states4["download train_v2.csv.zip"] == "Cached"
+
+
+def _fetch_config(server, tmp_path, files):
+    return PrepareConfig(
+        competition="planet",
+        data_dir=str(tmp_path / "data"),
+        kaggle_endpoint=server.url,
+        files=files,
+    )
+
+
+def test_fetch_task_retries_transient_errors(served_planet, tmp_path):
+    from flows.prepare import fetch
+    from planet import kaggle
+
+    _, server = served_planet
+    config = _fetch_config(server, tmp_path, ["train_v2.csv.zip"])
+    server.faults.fail_next(1, status=503, path="DownloadDataFile")
+    server.faults.rate_limit_next(1, retry_after=1, path="DownloadDataFile")
+    records = fetch(config)
+    raw = CompetitionDirs.of(config.data_path, PLANET.slug).raw
+    assert (
+        records["train_v2.csv.zip"]["sha256"]
+        == kaggle.read_manifest(raw)["train_v2.csv.zip"]["sha256"]
+    )
+    assert server.faults.pending == 0  # both faults were hit, then a retry succeeded
+
+
+@pytest.mark.parametrize(
+    "status, error, words",
+    [
+        (401, "KaggleAuthError", "credentials"),
+        (403, "KaggleRulesError", "rules"),
+    ],
+)
+def test_fetch_fails_fast_on_auth_and_rules(served_planet, tmp_path, status, error, words):
+    from flows.prepare import fetch
+
+    _, server = served_planet
+    config = _fetch_config(server, tmp_path, ["train_v2.csv.zip"])
+    server.faults.fail_next(5, status=status, path="DownloadDataFile")
+    before = server.count("DownloadDataFile")
+    state = fetch(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception) as exc_info:
+        state.result()
+    assert type(exc_info.value).__name__ == error and words in str(exc_info.value)
+    assert server.count("DownloadDataFile") - before == 1  # not retried
+    server.faults.clear()
+
+
+def test_extract_runs_alone_from_the_raw_manifest(served_planet, tmp_path):
+    from flows.prepare import extract, fetch
+
+    _, server = served_planet
+    config = _fetch_config(server, tmp_path, ["test-jpg-additional.tar.7z", "train_v2.csv.zip"])
+    fetch(config)
+    result = extract(config)  # no `raw` given: read from raw/manifest.json
+    assert result["images"]["test-additional"]["count"] == SIZES["additional"]
+    assert result["tables"]["train_v2.csv.zip"]["rows"] == SIZES["train"]
+
+
+def test_extract_alone_without_downloads_names_what_is_missing(served_planet, tmp_path):
+    from flows.prepare import extract
+
+    _, server = served_planet
+    config = _fetch_config(server, tmp_path, ["train_v2.csv.zip"])
+    state = extract(config, return_state=True)
+    with pytest.raises(FileNotFoundError, match="train_v2.csv.zip.*fetch"):
+        state.result()

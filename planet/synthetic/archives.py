@@ -39,9 +39,6 @@ DEFAULT_LZMA2_PRESET = 0
 
 Member = tuple[str, bytes]
 
-# `atomic_path`'s temporary files are private (0600); a download is world-readable.
-FILE_MODE = 0o644
-
 
 def _tar_info(name: str, size: int = 0, *, directory: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
@@ -88,7 +85,6 @@ def write_7z_single(
         for info in archive.header.files_info.files:
             info["lastwritetime"] = ArchiveTimestamp.from_datetime(FIXED_MTIME)
             info["creationtime"] = info["lastaccesstime"] = info["lastwritetime"]
-        tmp.chmod(FILE_MODE)
     return dest
 
 
@@ -147,7 +143,6 @@ def write_zip(
             zf.writestr(_zip_info(prefix, compression, directory=True), b"")
         for name, data in members:
             zf.writestr(_zip_info(prefix + name, compression), data, compresslevel=compresslevel)
-        tmp.chmod(FILE_MODE)
     return dest
 
 
@@ -167,7 +162,6 @@ def write_csv(
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         tmp.write_bytes(csv_bytes(header, rows))
-        tmp.chmod(FILE_MODE)
     return dest
 
 

@@ -1,0 +1,205 @@
+"""The `planet` command line: help, synth, kaggle-local, run and the demo's JSON line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import cli
+from flows.config import PrepareConfig
+from planet import shards
+from planet.competitions import DOGS_VS_CATS, PLANET
+from planet.layout import CompetitionDirs
+
+COMMANDS = ["synth", "kaggle-local", "demo", "run"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"planet {command}" in out
+    assert "--" in out  # lists its options
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("planet")
+    result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_unknown_competition_is_a_clear_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["synth", "mnist", "--root", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "mnist" in err and PLANET.slug in err and "dogs-vs-cats" in err
+
+
+def test_synth_accepts_aliases_and_writes_kaggle_files(tmp_path, capsys):
+    assert (
+        cli.main(
+            [
+                "synth",
+                "dogs-vs-cats",
+                "--root",
+                str(tmp_path),
+                "--train",
+                "6",
+                "--test",
+                "3",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / DOGS_VS_CATS.slug
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        f.name for f in DOGS_VS_CATS.files
+    )
+    assert (out / "_private" / "solution.csv").is_file()
+    assert "solution.csv" in capsys.readouterr().out
+
+
+def test_config_validates_competition_and_files():
+    assert PrepareConfig(competition="planet").competition == PLANET.slug
+    with pytest.raises(ValueError, match="not files of"):
+        PrepareConfig(competition="planet", files=["train.zip"])
+    with pytest.raises(ValueError, match="unknown competition"):
+        PrepareConfig(competition="mnist")
+
+
+def test_kaggle_local_command_serves_until_stopped(tmp_path, isolated_kaggle_env):
+    from planet import kaggle, synthetic
+
+    synthetic.generate("planet", tmp_path / "root", train=4, test=2, additional=1)
+    env = {**os.environ, "KAGGLE_USERNAME": "cli-user", "KAGGLE_KEY": "cli-key-123456789"}
+    exe = Path(sys.executable).with_name("planet")
+    proc = subprocess.Popen(
+        [exe, "kaggle-local", "--root", str(tmp_path / "root")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            url = next((w for w in line.split() if w.startswith("http://127.0.0.1:")), None)
+        assert url, "kaggle-local did not print its URL"
+        creds = kaggle.Credentials(username="cli-user", key="cli-key-123456789", source="test")
+        files = kaggle.list_files(PLANET.slug, endpoint=url.rstrip("/"), credentials=creds)
+        assert sorted(f.name for f in files) == sorted(f.name for f in PLANET.files)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "cli-key-123456789" not in (proc.stdout.read() or "")
+
+
+@pytest.mark.slow
+def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsys, monkeypatch):
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME
+
+    from flows import demo
+
+    fake_key = "demo-secret-" + "5" * 20
+    monkeypatch.setattr(demo.secrets, "token_hex", lambda _n: fake_key)
+    workdir = tmp_path / "demo"
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--workdir",
+                str(workdir),
+                "--train",
+                "24",
+                "--test",
+                "8",
+                "--additional",
+                "3",
+                "--seed",
+                "7",
+            ]
+        )
+        == 0
+    )
+    out_lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(out_lines[-1])
+    assert summary["demo"] == "ok" and summary["competition"] == PLANET.slug
+    assert {s: v["count"] for s, v in summary["images"].items()} == {
+        "train": 24,
+        "test": 8,
+        "test-additional": 3,
+    }
+    dirs = CompetitionDirs.of(workdir / "data", PLANET.slug)
+    assert Path(summary["images"]["train"]["dir"]) == dirs.original_shards("train")
+    assert shards.verify(dirs.original_shards("train"), checksums=True)["count"] == 24
+
+    # the made-up key was used (the server accepted it) but is stored nowhere
+    places = [workdir, Path(PREFECT_HOME.value())]
+    db_url = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
+    if db_url.startswith("sqlite"):
+        places.append(Path(db_url.split("///", 1)[1]).parent)
+    scanned = 0
+    for place in places:
+        for path in Path(place).rglob("*"):
+            if path.is_file():
+                scanned += 1
+                assert fake_key.encode() not in path.read_bytes(), path
+    assert scanned > 10
+    assert fake_key not in "\n".join(out_lines)
+
+
+@pytest.mark.slow
+def test_run_command_fetches_only_the_named_files(
+    prefect_api, tmp_path, capsys, isolated_kaggle_env, monkeypatch
+):
+    from planet import synthetic
+    from planet.kaggle_local import LocalKaggleServer
+
+    root = tmp_path / "root"
+    synthetic.generate("planet", root, train=6, test=3, additional=1, seed=2)
+    monkeypatch.setenv("KAGGLE_USERNAME", "run-user")
+    monkeypatch.setenv("KAGGLE_KEY", "run-key-0123456789")
+    with LocalKaggleServer(root, credentials={"run-user": "run-key-0123456789"}) as server:
+        assert (
+            cli.main(
+                [
+                    "run",
+                    "--competition",
+                    "planet",
+                    "--data-dir",
+                    str(tmp_path / "d"),
+                    "--kaggle-endpoint",
+                    server.url,
+                    "--files",
+                    "train_v2.csv.zip",
+                    "sample_submission_v2.csv.zip",
+                ]
+            )
+            == 0
+        )
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(summary["raw"]) == {"train_v2.csv.zip", "sample_submission_v2.csv.zip"}
+    assert summary["images"] == {}
+    assert summary["tables"]["train_v2.csv.zip"]["rows"] == 6
+    raw = CompetitionDirs.of(tmp_path / "d", PLANET.slug).raw
+    assert sorted(p.name for p in raw.iterdir() if p.is_file() and p.suffix != ".json") == [
+        "sample_submission_v2.csv.zip",
+        "train_v2.csv.zip",
+    ]
