@@ -58,7 +58,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_kaggle_local(args: argparse.Namespace) -> int:
     from planet.kaggle_local import serve_forever
 
-    serve_forever(Path(args.root), host=args.host, port=args.port)
+    try:
+        serve_forever(
+            Path(args.root),
+            host=args.host,
+            port=args.port,
+            daily_submission_limit=args.daily_limit,
+            out=lambda line: print(line, flush=True),
+        )
+    except ValueError as exc:
+        print(f"planet kaggle-local: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -123,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding one folder per competition")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    p.add_argument(
+        "--daily-limit",
+        type=int,
+        default=5,
+        help="submissions per user per competition per day (default 5)",
+    )
     p.set_defaults(func=cmd_kaggle_local)
 
     p = sub.add_parser(
@@ -181,11 +197,18 @@ def prefect_defaults() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefect_defaults()
+    from planet.archives import ArchiveError
+    from planet.kaggle import KaggleError
+
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (KaggleError, ArchiveError, ValueError, OSError) as exc:
+        # Errors that name the file/setting and what to do: one line, no traceback.
+        print(f"planet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -78,37 +76,6 @@ def test_config_validates_competition_and_files():
         PrepareConfig(competition="planet", files=["train.zip"])
     with pytest.raises(ValueError, match="unknown competition"):
         PrepareConfig(competition="mnist")
-
-
-def test_kaggle_local_command_serves_until_stopped(tmp_path, isolated_kaggle_env):
-    from planet import kaggle, synthetic
-
-    synthetic.generate("planet", tmp_path / "root", train=4, test=2, additional=1)
-    env = {**os.environ, "KAGGLE_USERNAME": "cli-user", "KAGGLE_KEY": "cli-key-123456789"}
-    exe = Path(sys.executable).with_name("planet")
-    proc = subprocess.Popen(
-        [exe, "kaggle-local", "--root", str(tmp_path / "root")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        url = None
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            url = next((w for w in line.split() if w.startswith("http://127.0.0.1:")), None)
-        assert url, "kaggle-local did not print its URL"
-        creds = kaggle.Credentials(username="cli-user", key="cli-key-123456789", source="test")
-        files = kaggle.list_files(PLANET.slug, endpoint=url.rstrip("/"), credentials=creds)
-        assert sorted(f.name for f in files) == sorted(f.name for f in PLANET.files)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    assert "cli-key-123456789" not in (proc.stdout.read() or "")
 
 
 @pytest.mark.slow
@@ -203,3 +170,12 @@ def test_run_command_fetches_only_the_named_files(
         "sample_submission_v2.csv.zip",
         "train_v2.csv.zip",
     ]
+
+
+def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
+    missing = tmp_path / "no-such-root"
+    assert cli.main(["demo", "--kaggle-root", str(missing), "--workdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("planet demo: error:") and str(missing) in err
+    assert "Traceback" not in err and "planet synth" in err
+    assert not (tmp_path / "data").exists()

@@ -554,7 +554,7 @@ def test_serve_forever_until_ctrl_c(kaggle_root, kaggle_key, isolated_kaggle_env
         "PYTHONUNBUFFERED": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "planet.kaggle_local", str(kaggle_root.root), "--port", "0"],
+        [Path(sys.executable).with_name("planet"), "kaggle-local", "--root", str(kaggle_root.root)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
