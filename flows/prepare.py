@@ -21,8 +21,9 @@ from planet import kaggle
 from planet.layout import CompetitionDirs
 from tasks import extract as extract_tasks
 from tasks import fetch as fetch_tasks
-from tasks.caching import run_cached
 from tasks.progress import artifact_key
+
+DEFAULT_CONFIG = PrepareConfig()
 
 
 @flow(name="fetch", flow_run_name="fetch {config.competition}")
@@ -38,15 +39,7 @@ def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
             "check the competition and the file names"
         )
     futures = {
-        name: run_cached(
-            fetch_tasks.download_file,
-            outputs_complete=fetch_tasks.download_complete(slug, listing[name], data_dir),
-            submit=True,
-            slug=slug,
-            remote=listing[name],
-            data_dir=data_dir,
-            endpoint=config.kaggle_endpoint,
-        )
+        name: fetch_tasks.submit_download(slug, listing[name], data_dir, config.kaggle_endpoint)
         for name in wanted
     }
     records = {name: future.result() for name, future in futures.items()}
@@ -70,29 +63,13 @@ def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None)
     spec = config.spec
     image_futures, tables = {}, {}
     for name in config.selected_files():
-        data_file, source = spec.file(name), raw[name]
+        data_file = spec.file(name)
         if data_file.kind == "images":
-            params = dict(
-                slug=slug,
-                file_name=name,
-                source=source,
-                data_dir=data_dir,
-                shard_size=config.shard_size,
-                write_files=config.write_files,
-            )
-            image_futures[data_file.split] = run_cached(
-                extract_tasks.extract_images,
-                outputs_complete=extract_tasks.images_complete(**params),
-                submit=True,
-                **params,
+            image_futures[data_file.split] = extract_tasks.submit_images(
+                slug, name, raw[name], data_dir, config.shard_size, config.write_files
             )
         else:
-            params = dict(slug=slug, file_name=name, source=source, data_dir=data_dir)
-            tables[name] = run_cached(
-                extract_tasks.extract_table,
-                outputs_complete=extract_tasks.table_complete(**params),
-                **params,
-            )
+            tables[name] = extract_tasks.run_table(slug, name, raw[name], data_dir)
     images = {split: future.result() for split, future in image_futures.items()}
     return {
         "images": {
@@ -111,9 +88,8 @@ def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None)
 
 
 @flow(name="prepare", flow_run_name="prepare {config.competition}")
-def prepare(config: PrepareConfig | None = None) -> dict[str, Any]:
+def prepare(config: PrepareConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Fetch then extract; returns a JSON-able summary (counts, paths)."""
-    config = config or PrepareConfig()
     logger = get_run_logger()
     raw = fetch(config)
     extracted = extract(config, raw)

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
 from planet import archives
 from planet.competitions import resolve
 from planet.layout import CompetitionDirs
-from tasks.caching import key_from
+from tasks.caching import key_from, run_cached
 from tasks.progress import Progress
 
 
@@ -103,3 +104,31 @@ def extract_table(
 def table_complete(slug: str, file_name: str, source: dict[str, Any], data_dir: str) -> bool:
     dirs = CompetitionDirs.of(data_dir, slug)
     return archives.table_complete(dirs.tables, resolve(slug).file(file_name), source["sha256"])
+
+
+def submit_images(
+    slug: str,
+    file_name: str,
+    source: dict[str, Any],
+    data_dir: str,
+    shard_size: int,
+    write_files: bool = False,
+) -> PrefectFuture[dict[str, Any]]:
+    """Submit `extract_images`, Cached unless its shards are missing or incomplete."""
+    params = dict(
+        slug=slug,
+        file_name=file_name,
+        source=source,
+        data_dir=data_dir,
+        shard_size=shard_size,
+        write_files=write_files,
+    )
+    return run_cached(
+        extract_images, outputs_complete=images_complete(**params), submit=True, **params
+    )
+
+
+def run_table(slug: str, file_name: str, source: dict[str, Any], data_dir: str) -> dict[str, Any]:
+    """Run `extract_table`, Cached unless the CSV is missing from tables/."""
+    params = dict(slug=slug, file_name=file_name, source=source, data_dir=data_dir)
+    return run_cached(extract_table, outputs_complete=table_complete(**params), **params)

@@ -12,13 +12,14 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
+from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from planet import kaggle
 from planet.layout import CompetitionDirs
-from tasks.caching import key_from
+from tasks.caching import key_from, run_cached
 from tasks.progress import Progress
 
 DOWNLOAD_CODE_VERSION = "1"
@@ -92,3 +93,17 @@ def download_complete(slug: str, remote: dict[str, Any], data_dir: str) -> bool:
     """Is the file already in raw/ with the size and hash recorded when it was fetched?"""
     dirs = CompetitionDirs.of(data_dir, slug)
     return kaggle.local_file_complete(dirs.raw, remote)
+
+
+def submit_download(
+    slug: str, remote: dict[str, Any], data_dir: str, endpoint: str | None = None
+) -> PrefectFuture[dict[str, Any]]:
+    """Submit `download_file`, Cached unless the file is missing from raw/."""
+    params = dict(slug=slug, remote=remote, data_dir=data_dir)
+    return run_cached(
+        download_file,
+        outputs_complete=download_complete(**params),
+        submit=True,
+        endpoint=endpoint,
+        **params,
+    )

@@ -1,0 +1,32 @@
+"""deployments/prefect.yaml points at real flows with parameters those flows accept."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.utilities.callables import parameter_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+
+
+def _load(entrypoint: str) -> Flow:
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_deployment_entrypoint_and_parameters(deployment):
+    flow = _load(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
+    flow.validate_parameters(deployment.get("parameters", {}))  # raises on a bad config
+    schema = parameter_schema(flow).model_dump()
+    config_ref = schema["properties"]["config"]
+    assert "PrepareConfig" in str(config_ref)  # the UI renders the typed form
+    assert "competition" in str(schema["definitions"]["PrepareConfig"]["properties"])
