@@ -1,0 +1,148 @@
+"""Training labels: Planet's `train_v2.csv` tags as multi-hot vectors, Dogs vs Cats from names.
+
+A competition with a `labels` file (Planet) reads it: `image_name,tags` with space-separated
+tags; a UTF-8 BOM and CRLF line endings are accepted. Otherwise the label is the file name's
+first dot-separated part (`cat.12` -> cat), as in Dogs vs Cats. Class order is the
+competition's fixed `classes` order.
+
+Errors name what is wrong and where: an unknown tag (row number and tag), an empty tags cell, a
+duplicate image name, an image without a row, a row without an image.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from planet.competitions import Competition
+
+LabelKind = Literal["multi_hot", "class_index"]
+MAX_NAMED = 10  # how many offending names an error message lists
+
+
+class LabelError(ValueError):
+    """A labels file or image name that cannot be turned into labels."""
+
+
+def _some(items: Sequence[str]) -> str:
+    shown = ", ".join(map(str, items[:MAX_NAMED]))
+    more = f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else ""
+    return shown + more
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Labels aligned with `names`: (n, n_classes) uint8 multi-hot, or (n,) int64 class index."""
+
+    names: list[str]
+    values: np.ndarray
+    kind: LabelKind
+    classes: tuple[str, ...]
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {n: i for i, n in enumerate(self.names)})
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def take(self, names: Sequence[str]) -> LabelTable:
+        """The labels of `names`, in that order (KeyError naming the first unknown ones)."""
+        missing = [n for n in names if n not in self.index]
+        if missing:
+            raise LabelError(f"no label for {len(missing)} image(s): {_some(missing)}")
+        idx = np.fromiter((self.index[n] for n in names), dtype=np.int64, count=len(names))
+        return LabelTable(list(names), self.values[idx], self.kind, self.classes)
+
+    def tags(self, i: int) -> list[str]:
+        """Class names of row i."""
+        if self.kind == "class_index":
+            return [self.classes[int(self.values[i])]]
+        return [c for c, on in zip(self.classes, self.values[i], strict=True) if on]
+
+
+def parse_tags_csv(path: str | Path, classes: Sequence[str]) -> LabelTable:
+    """Read an `image_name,tags` CSV into a multi-hot LabelTable (rows in file order)."""
+    path = Path(path)
+    text = path.read_bytes().decode("utf-8-sig")  # accepts a BOM; csv handles CRLF
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise LabelError(f"{path} is empty: expected a header `image_name,tags`")
+    header = [h.strip() for h in header]
+    if "image_name" not in header or "tags" not in header:
+        raise LabelError(f"{path}: header is {header}, expected columns image_name and tags")
+    i_name, i_tags = header.index("image_name"), header.index("tags")
+    col = {c: j for j, c in enumerate(classes)}
+    names: list[str] = []
+    rows: list[list[int]] = []
+    for line_no, row in enumerate(reader, start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue  # blank line (e.g. a trailing newline)
+        if len(row) <= max(i_name, i_tags):
+            raise LabelError(f"{path}, line {line_no}: expected image_name,tags, got {row}")
+        name, tags = row[i_name].strip(), row[i_tags].split()
+        if not name:
+            raise LabelError(f"{path}, line {line_no}: empty image_name")
+        if not tags:
+            raise LabelError(f"{path}, line {line_no}: image {name} has an empty tags cell")
+        unknown = [t for t in tags if t not in col]
+        if unknown:
+            raise LabelError(
+                f"{path}, line {line_no}: image {name} has unknown tag(s) {unknown}; "
+                f"known tags are {sorted(classes)}"
+            )
+        names.append(name)
+        rows.append([col[t] for t in tags])
+    dupes = [n for n, k in Counter(names).items() if k > 1]
+    if dupes:
+        raise LabelError(f"{path}: duplicate image name(s) {_some(dupes)}")
+    values = np.zeros((len(names), len(classes)), dtype=np.uint8)
+    for i, cols in enumerate(rows):
+        values[i, cols] = 1
+    return LabelTable(names, values, "multi_hot", tuple(classes))
+
+
+def labels_from_names(names: Sequence[str], classes: Sequence[str]) -> LabelTable:
+    """Class index from each name's first dot-separated part (`dog.7` -> classes.index('dog'))."""
+    col = {c: j for j, c in enumerate(classes)}
+    bad = [n for n in names if n.split(".", 1)[0] not in col]
+    if bad:
+        raise LabelError(
+            f"cannot tell the class of {len(bad)} image(s) from their names: {_some(bad)}; "
+            f"names must start with one of {list(classes)} followed by '.'"
+        )
+    values = np.array([col[n.split(".", 1)[0]] for n in names], dtype=np.int64)
+    return LabelTable(list(names), values, "class_index", tuple(classes))
+
+
+def load_labels(
+    comp: Competition, tables_dir: str | Path, image_names: Sequence[str]
+) -> LabelTable:
+    """The labels of the train images `image_names` (in that order), checked both ways:
+    every image has a row and every row has an image."""
+    labels_files = [f for f in comp.files if f.kind == "labels"]
+    if not labels_files:
+        return labels_from_names(image_names, comp.classes)
+    csv_path = Path(tables_dir) / str(labels_files[0].table_name)
+    if not csv_path.is_file():
+        raise LabelError(f"{csv_path} not found: run the prepare stage (fetch + extract) first")
+    table = parse_tags_csv(csv_path, comp.classes)
+    images = set(image_names)
+    no_row = [n for n in image_names if n not in table.index]
+    no_image = [n for n in table.names if n not in images]
+    if no_row:
+        raise LabelError(f"{len(no_row)} train image(s) have no row in {csv_path}: {_some(no_row)}")
+    if no_image:
+        raise LabelError(
+            f"{len(no_image)} row(s) of {csv_path} name images missing from the train archive: "
+            f"{_some(no_image)}"
+        )
+    return table.take(image_names)
