@@ -126,8 +126,9 @@ def labels_from_names(names: Sequence[str], classes: Sequence[str]) -> LabelTabl
 def load_labels(
     comp: Competition, tables_dir: str | Path, image_names: Sequence[str]
 ) -> LabelTable:
-    """The labels of the train images `image_names` (in that order), checked both ways:
-    every image has a row and every row has an image."""
+    """The labels of the train images `image_names`, checked both ways: every image has a row
+    and every row has an image. Rows come in the labels file's order (fast.ai splits in that
+    order), or in the given order when names are the labels; `.take(names)` reorders."""
     labels_files = [f for f in comp.files if f.kind == "labels"]
     if not labels_files:
         return labels_from_names(image_names, comp.classes)
@@ -145,4 +146,4 @@ def load_labels(
             f"{len(no_image)} row(s) of {csv_path} name images missing from the train archive: "
             f"{_some(no_image)}"
         )
-    return table.take(image_names)
+    return table

@@ -60,8 +60,12 @@ def test_load_labels_checks_images_against_rows(tmp_path):
     tables = tmp_path
     _write(tables, GOOD)
     table = load_labels(PLANET, tables, ["train_2", "train_0", "train_1"])
-    assert table.names == ["train_2", "train_0", "train_1"]  # aligned with the given order
-    assert table.tags(0) == ["cloudy"]
+    assert table.names == ["train_0", "train_1", "train_2"]  # the CSV's order
+    aligned = table.take(["train_2", "train_0"])
+    assert aligned.names == ["train_2", "train_0"] and aligned.tags(0) == ["cloudy"]
+    assert aligned.tags(1) == ["haze", "primary"]
+    with pytest.raises(LabelError, match="train_7"):
+        table.take(["train_7"])
     with pytest.raises(LabelError, match="no row.*train_9"):
         load_labels(PLANET, tables, ["train_0", "train_1", "train_2", "train_9"])
     with pytest.raises(LabelError, match="missing from the train archive.*train_2"):
