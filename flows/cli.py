@@ -3,7 +3,7 @@
     planet synth COMPETITION --root ROOT [--train N] [--test N] [--additional N] [--seed S]
     planet kaggle-local --root ROOT [--host 127.0.0.1] [--port P]
     planet demo [--competition SLUG] [--workdir DIR] [--kaggle-root ROOT]
-    planet run [--competition SLUG] [--data-dir DIR] [--stages prepare] [--files NAME ...]
+    planet run [--competition SLUG] [--data-dir DIR] [--stages prepare resize] [--sizes N ...]
 
 Prefect and the kaggle client are imported only by the commands that need them.
 """
@@ -89,18 +89,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.config import PrepareConfig
-    from flows.prepare import prepare
+    from flows.config import PrepareConfig, ResizeConfig
 
-    config = PrepareConfig(
-        competition=args.competition,
-        data_dir=args.data_dir,
-        files=args.files or None,
-        kaggle_endpoint=args.kaggle_endpoint,
-        shard_size=args.shard_size,
-        write_files=args.write_files,
-    )
-    summary = prepare(config)
+    summary: dict = {"competition": args.competition}
+    if "prepare" in args.stages:
+        from flows.prepare import prepare
+
+        summary.update(
+            prepare(
+                PrepareConfig(
+                    competition=args.competition,
+                    data_dir=args.data_dir,
+                    files=args.files or None,
+                    kaggle_endpoint=args.kaggle_endpoint,
+                    shard_size=args.shard_size,
+                    write_files=args.write_files,
+                )
+            )
+        )
+    if "resize" in args.stages:
+        from flows.resize import resize
+
+        summary.update(
+            resize(
+                ResizeConfig(
+                    competition=args.competition,
+                    data_dir=args.data_dir,
+                    sizes=args.sizes,
+                    dask_address=args.dask_address,
+                )
+            )
+        )
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -169,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         nargs="+",
-        choices=["prepare"],
-        default=["prepare"],
-        help="stages to run (more stages come with later releases)",
+        choices=["prepare", "resize"],
+        default=["prepare", "resize"],
+        help="stages to run, in pipeline order (default: prepare resize)",
     )
     p.add_argument("--files", nargs="*", default=None, help="only these Kaggle files")
     p.add_argument(
@@ -182,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=2000, help="images per parquet shard")
     p.add_argument(
         "--write-files", action="store_true", help="also write images/<split>/<name>.jpg"
+    )
+    p.add_argument(
+        "--sizes", nargs="+", type=int, default=[64, 128, 256], help="resize to these sizes"
+    )
+    p.add_argument(
+        "--dask-address",
+        default=None,
+        help="scheduler of an existing Dask cluster (default: a LocalCluster on this machine)",
     )
     p.set_defaults(func=cmd_run)
     return parser

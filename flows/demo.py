@@ -72,10 +72,12 @@ def run_demo(
     test: int | None = None,
     additional: int | None = None,
     seed: int = 0,
+    sizes: tuple[int, ...] = (64, 128, 256),
 ) -> dict[str, Any]:
     """Generate (unless kaggle_root is given), serve locally, run the flows; return a summary."""
-    from flows.config import PrepareConfig
+    from flows.config import PrepareConfig, ResizeConfig
     from flows.prepare import prepare
+    from flows.resize import resize
     from planet.kaggle_local import LocalKaggleServer
 
     t0 = time.perf_counter()
@@ -97,6 +99,7 @@ def run_demo(
             competition=slug, data_dir=str(workdir / "data"), kaggle_endpoint=server.url
         )
         prepared = prepare(config)
+    resized = resize(ResizeConfig(competition=slug, data_dir=config.data_dir, sizes=list(sizes)))
     summary = {
         "demo": "ok",
         "competition": slug,
@@ -104,6 +107,9 @@ def run_demo(
         "kaggle_root": str(kaggle_root),
         "seconds": round(time.perf_counter() - t0, 1),
         **prepared,
+        "split": resized["split"],
+        "sized": resized["sized"],
+        "batch_png": resized["batch_png"],
     }
     json.dumps(summary)  # the summary must stay JSON-able: it is the demo's last line
     return summary

@@ -155,7 +155,18 @@ def kaggle_server(kaggle_root: FakeKaggle, kaggle_key: str) -> Iterator:
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """A temporary Prefect API and database for the whole session (starts once, ~25 s)."""
+    from prefect.events.worker import EventsWorker
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+    # The harness drains Prefect's event worker without a time limit when it stops; once (under
+    # heavy CPU contention) that drain never returned. Bound it: events of finished test runs
+    # are not worth a hung session.
+    drain_all = EventsWorker.drain_all.__func__
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(
+            EventsWorker,
+            "drain_all",
+            classmethod(lambda cls, timeout=None, **kw: drain_all(cls, timeout or 30, **kw)),
+        )
+        with prefect_test_harness(server_startup_timeout=180):
+            yield

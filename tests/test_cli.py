@@ -116,6 +116,11 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     dirs = CompetitionDirs.of(workdir / "data", PLANET.slug)
     assert Path(summary["images"]["train"]["dir"]) == dirs.original_shards("train")
     assert shards.verify(dirs.original_shards("train"), checksums=True)["count"] == 24
+    # prepare -> resize: every recipe size, every split, and a picture of a batch
+    assert sorted(summary["sized"], key=int) == ["64", "128", "256"]
+    assert summary["sized"]["128"]["test-additional"]["count"] == 3
+    assert summary["split"]["train"] + summary["split"]["valid"] == 24
+    assert Path(summary["batch_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the made-up key was used (the server accepted it) but is stored nowhere
     places = [workdir, Path(PREFECT_HOME.value())]
@@ -154,6 +159,8 @@ def test_run_command_fetches_only_the_named_files(
                     str(tmp_path / "d"),
                     "--kaggle-endpoint",
                     server.url,
+                    "--stages",
+                    "prepare",
                     "--files",
                     "train_v2.csv.zip",
                     "sample_submission_v2.csv.zip",

@@ -1,0 +1,110 @@
+"""The resize flow under a real (temporary) Prefect API, on a Dask cluster reached by address."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.config import PrepareConfig, ResizeConfig
+from planet import resize as resize_lib
+from planet import split, synthetic
+from planet.competitions import PLANET
+from planet.labels import load_labels
+from planet.layout import CompetitionDirs
+
+pytestmark = pytest.mark.slow
+
+SIZES = {"train": 30, "test": 12, "additional": 5}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, prefect_api):
+    """A tiny synthetic Planet, fetched from the local server and extracted."""
+    from flows.prepare import prepare
+    from planet.kaggle_local import LocalKaggleServer
+
+    root = tmp_path_factory.mktemp("kaggle")
+    synthetic.generate("planet", root, seed=5, **SIZES)
+    data_dir = tmp_path_factory.mktemp("data")
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        LocalKaggleServer(root, credentials={"resize-user": "rk-" + "1" * 24}) as server,
+    ):
+        mp.setenv("KAGGLE_USERNAME", "resize-user")
+        mp.setenv("KAGGLE_KEY", "rk-" + "1" * 24)
+        prepare(PrepareConfig(competition="planet", data_dir=str(data_dir),
+                              kaggle_endpoint=server.url, shard_size=16))
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as c:
+        yield c
+
+
+def _task_states(flow_state) -> dict[str, str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200,
+        )
+    return {r.name: r.state.name for r in runs}
+
+
+def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
+    from flows.resize import resize
+
+    config = ResizeConfig(competition="planet", data_dir=str(prepared), sizes=[32, 64],
+                          dask_address=cluster.scheduler_address, valid_pct=0.2)
+    state = resize(config, return_state=True)
+    summary = state.result()
+    dirs = CompetitionDirs.of(prepared, PLANET.slug)
+
+    # every split at every size, counts as generated
+    expected = {"train": SIZES["train"], "test": SIZES["test"],
+                "test-additional": SIZES["additional"]}
+    for size in ("32", "64"):
+        assert {k: v["count"] for k, v in summary["sized"][size].items()} == expected
+    sized = resize_lib.read_sized(dirs.sized_shards(64, "train"))
+    assert sized.pixels.shape == (SIZES["train"], 64, 64, 3)
+
+    # labels travel with names: compare with train_v2.csv
+    table = load_labels(PLANET, dirs.tables, sized.names).take(sized.names)
+    assert np.array_equal(sized.labels, table.values)
+    assert resize_lib.read_sized(dirs.sized_shards(32, "test")).labels is None
+
+    # the stored split is fast.ai's over the CSV order
+    stored = split.read_split(dirs.root / "shards" / "split.parquet")
+    assert len(stored.valid_names) == int(0.2 * SIZES["train"])
+    assert summary["split"]["valid"] == len(stored.valid_names)
+
+    # a picture of a batch, shown in the UI
+    png = Image.open(summary["batch_png"])
+    assert png.format == "PNG" and png.size[0] > 4 * 32
+    states = _task_states(state)
+    assert states["show batch at 32px"] == "Completed"
+    assert [v for k, v in states.items() if k.startswith("resize ")] == ["Completed"] * 6
+
+    # rerun: all Cached, no cluster needed; delete one output: only it runs again
+    again = resize(config, return_state=True)
+    assert again.result()["sized"] == summary["sized"]
+    states = _task_states(again)
+    assert {v for k, v in states.items() if k.startswith(("resize ", "validation"))} == {"Cached"}
+    shutil.rmtree(dirs.sized_shards(64, "test"))
+    third = resize(config, return_state=True)
+    states = _task_states(third)
+    assert states["resize test to 64px"] == "Completed"
+    assert states["resize train to 64px"] == "Cached"
+    assert third.result()["sized"]["64"]["test"]["count"] == SIZES["test"]
