@@ -35,8 +35,14 @@ def prepared(tmp_path_factory, prefect_api):
     ):
         mp.setenv("KAGGLE_USERNAME", "resize-user")
         mp.setenv("KAGGLE_KEY", "rk-" + "1" * 24)
-        prepare(PrepareConfig(competition="planet", data_dir=str(data_dir),
-                              kaggle_endpoint=server.url, shard_size=16))
+        prepare(
+            PrepareConfig(
+                competition="planet",
+                data_dir=str(data_dir),
+                kaggle_endpoint=server.url,
+                shard_size=16,
+            )
+        )
     return data_dir
 
 
@@ -44,8 +50,9 @@ def prepared(tmp_path_factory, prefect_api):
 def cluster():
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as c:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
         yield c
 
 
@@ -57,8 +64,10 @@ def _task_states(flow_state) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200,
+                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+            ),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            limit=200,
         )
     return {r.name: r.state.name for r in runs}
 
@@ -66,15 +75,23 @@ def _task_states(flow_state) -> dict[str, str]:
 def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     from flows.resize import resize
 
-    config = ResizeConfig(competition="planet", data_dir=str(prepared), sizes=[32, 64],
-                          dask_address=cluster.scheduler_address, valid_pct=0.2)
+    config = ResizeConfig(
+        competition="planet",
+        data_dir=str(prepared),
+        sizes=[32, 64],
+        dask_address=cluster.scheduler_address,
+        valid_pct=0.2,
+    )
     state = resize(config, return_state=True)
     summary = state.result()
     dirs = CompetitionDirs.of(prepared, PLANET.slug)
 
     # every split at every size, counts as generated
-    expected = {"train": SIZES["train"], "test": SIZES["test"],
-                "test-additional": SIZES["additional"]}
+    expected = {
+        "train": SIZES["train"],
+        "test": SIZES["test"],
+        "test-additional": SIZES["additional"],
+    }
     for size in ("32", "64"):
         assert {k: v["count"] for k, v in summary["sized"][size].items()} == expected
     sized = resize_lib.read_sized(dirs.sized_shards(64, "train"))
