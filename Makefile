@@ -30,3 +30,5 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/resize.py
+	$(BIN)/python bench/loader.py
