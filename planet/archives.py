@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import hashlib
 import lzma
 import os
@@ -88,7 +87,7 @@ import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +101,7 @@ from planet.fileio import (
     CHUNK,
     TMP_PREFIX,
     atomic_path,
+    folder_lock,
     read_json,
     remove_stale_temps,
     sha256_file,
@@ -135,7 +135,6 @@ __all__ = [
 Progress = Callable[[int, int | None], None]
 
 PROGRESS_FILE = ".progress.json"
-LOCK_FILE = ".lock"
 DEFAULT_SHARD_SIZE = 2000
 MAX_SHARD_SIZE = 100_000
 MAX_IMAGE_BYTES = 64 << 20  # one image member larger than this is refused (zip/tar bombs)
@@ -858,23 +857,6 @@ def images_complete(
     return manifest
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` (a `.lock` file), failing at once if it is held."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RuntimeError(
-                f"another process is writing to {folder}; wait for it to finish"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _resume_state(
     out_dir: Path, source: dict[str, Any], config: dict[str, Any], complete: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -977,7 +959,7 @@ def extract_images(
         raise ValueError("decoder='7z' needs 7-Zip (7z, 7zz or 7za) on PATH; install p7zip")
     if decoder not in ("auto", "py7zr", "7z"):
         raise ValueError(f"decoder must be 'auto', 'py7zr' or '7z', not {decoder!r}")
-    with _locked(out_dir):
+    with folder_lock(out_dir):
         complete = images_complete(out_dir, source["sha256"], shard_size=shard_size)
         if complete is not None and (
             files_path is None or _files_complete(files_path, complete["count"])
@@ -1164,22 +1146,11 @@ def extract_table(
             raise ArchiveError(f"{source}: the CSV {name} is empty; " + _REDOWNLOAD)
         rows = _count_rows(tmp, f"{source}: {name}")
     record = {"name": name, "sha256": digest, "bytes": size, "rows": rows, "source": src_record}
-    with _locked_tables(out_dir):
+    with folder_lock(out_dir, wait=True):
         manifest = _read_tables_manifest(out_dir)
         manifest["tables"][name] = record
         write_json_atomic(out_dir / MANIFEST, manifest)
     return record
-
-
-@contextlib.contextmanager
-def _locked_tables(folder: Path) -> Iterator[None]:
-    """A blocking lock for read-modify-write of the tables manifest."""
-    with open(folder / LOCK_FILE, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _read_tables_manifest(folder: Path) -> dict[str, Any]:

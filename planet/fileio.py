@@ -7,6 +7,7 @@ so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -95,3 +96,28 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
+    """An exclusive lock on `folder` (a `.lock` file in it) for the duration of the block.
+
+    Without `wait`, fail at once with a RuntimeError naming the folder if another process
+    holds it (two writers of one output); with `wait`, block until it is free (short
+    read-modify-write sections such as a shared manifest)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a+b") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as exc:
+            raise RuntimeError(
+                f"another process is writing to {folder}; wait for it to finish"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

@@ -115,7 +115,6 @@ measured here; the per-core rate is `bench/resize.py`'s.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import io
@@ -140,6 +139,7 @@ from PIL import Image, UnidentifiedImageError
 from planet import shards
 from planet.fileio import (
     atomic_path,
+    folder_lock,
     read_json,
     remove_stale_temps,
     sha256_file,
@@ -163,7 +163,6 @@ CHANNELS = 3
 COMPRESSION = "none"
 ROW_GROUP_BYTES = 16 << 20  # pixels per row group: one reused buffer, not a whole shard
 METADATA_KEY = b"planet.resize"
-LOCK_FILE = ".lock"
 DASHBOARD_ADDRESS = "127.0.0.1:8787"  # Dask's usual port; another free one if it is taken
 
 Progress = Callable[[int, int], None]
@@ -612,23 +611,6 @@ def sized_complete(
     return manifest
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on `folder` (a `.lock` file), failing at once if it is held."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RuntimeError(
-                f"another process is writing to {folder}; wait for it to finish"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _jobs(
     src_dir: Path, dest_dir: Path, source: dict[str, Any], labels: LabelTable | None
 ) -> list[dict[str, Any]]:
@@ -691,7 +673,7 @@ def resize_split(
         raise ValueError(f"{src_dir}: the train split needs its labels (a LabelTable)")
     source = shards.verify(src_dir)
     total = len(source["shards"])
-    with _locked(dest_dir):
+    with folder_lock(dest_dir):
         complete = sized_complete(dest_dir, source, size, method, labels)
         if complete is not None:
             if progress is not None:

@@ -24,7 +24,7 @@ import simplejpeg
 from planet import archives, shards
 from planet.archives import ArchiveError, extract_images, extract_table, images_complete
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.fileio import sha256_file
+from planet.fileio import LOCK_FILE, folder_lock, sha256_file
 from planet.layout import MANIFEST
 
 TRAIN = PLANET.file("train-jpg.tar.7z")
@@ -95,7 +95,7 @@ def leftovers(out_dir: Path) -> list[str]:
     """Anything but the lock file left in an output folder."""
     if not out_dir.exists():
         return []
-    return sorted(p.name for p in out_dir.iterdir() if p.name != archives.LOCK_FILE)
+    return sorted(p.name for p in out_dir.iterdir() if p.name != LOCK_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def test_complete_split_returns_without_decoding(tmp_path, monkeypatch):
 def test_busy_output_folder(tmp_path):
     archive = planet_7z(tmp_path / "train-jpg.tar.7z", images(2))
     out = tmp_path / "shards"
-    with archives._locked(out), pytest.raises(RuntimeError, match="another process"):
+    with folder_lock(out), pytest.raises(RuntimeError, match="another process"):
         extract_images(archive, TRAIN, out)
 
 
@@ -504,7 +504,7 @@ def test_extract_table_keeps_bom_and_crlf(tmp_path):
     assert rec["source"]["sha256"] == sha256_file(src)
     assert archives.table_complete(out, LABELS, sha256_file(src))
     assert not archives.table_complete(out, LABELS, "0" * 64)
-    assert sorted(p.name for p in out.iterdir()) == [archives.LOCK_FILE, MANIFEST, "train_v2.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, MANIFEST, "train_v2.csv"]
 
     plain = tmp_path / "raw" / "sample_submission.csv"
     plain.write_bytes(b"id,label\n1,0.5\n2,0.5\n3,0.5")
