@@ -914,6 +914,19 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _client_of_this_process(address: str) -> distributed.Client | None:
+    """This process's running default client when it is connected to `address`."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client in this process
+        return None
+    if client.status == "running" and client.scheduler.address == address:
+        return client
+    return None
+
+
 @contextlib.contextmanager
 def dask_client(
     address: str | None = None, n_workers: int | None = None
@@ -929,6 +942,12 @@ def dask_client(
     from distributed import Client, LocalCluster
 
     if address:
+        shared = _client_of_this_process(address)
+        if shared is not None:
+            # Threads of one process share one client: several clients made concurrently in
+            # one process once left `as_completed` waiting on finished tasks (seen in the demo).
+            yield shared
+            return
         client = Client(address, timeout="30s")
         try:
             yield client
