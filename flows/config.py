@@ -14,14 +14,32 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from planet.competitions import Competition, resolve
 
 
-class PrepareConfig(BaseModel):
-    """What to download and how to extract it."""
+class StageConfig(BaseModel):
+    """What every stage is told: the competition and the data directory."""
 
     competition: str = Field(
         "planet-understanding-the-amazon-from-space",
         description="Kaggle competition slug (or alias: planet, dogs-vs-cats).",
     )
     data_dir: str = Field("data", description="Data directory; one folder per competition.")
+
+    @field_validator("competition")
+    @classmethod
+    def _known_competition(cls, value: str) -> str:
+        return resolve(value).slug
+
+    @property
+    def spec(self) -> Competition:
+        return resolve(self.competition)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+
+class PrepareConfig(StageConfig):
+    """What to download and how to extract it."""
+
     files: list[str] | None = Field(
         None, description="Kaggle file names to fetch and extract; empty = all the pipeline uses."
     )
@@ -33,11 +51,6 @@ class PrepareConfig(BaseModel):
     write_files: bool = Field(
         False, description="Also write the plain folder layout images/<split>/<name>.jpg."
     )
-
-    @field_validator("competition")
-    @classmethod
-    def _known_competition(cls, value: str) -> str:
-        return resolve(value).slug
 
     @model_validator(mode="after")
     def _known_files(self) -> PrepareConfig:
@@ -51,26 +64,13 @@ class PrepareConfig(BaseModel):
                 )
         return self
 
-    @property
-    def spec(self) -> Competition:
-        return resolve(self.competition)
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
-
     def selected_files(self) -> list[str]:
         return list(self.files) if self.files else [f.name for f in self.spec.files]
 
 
-class ResizeConfig(BaseModel):
+class ResizeConfig(StageConfig):
     """Which sizes to pre-resize to, how, and where the Dask work runs."""
 
-    competition: str = Field(
-        "planet-understanding-the-amazon-from-space",
-        description="Kaggle competition slug (or alias: planet, dogs-vs-cats).",
-    )
-    data_dir: str = Field("data", description="Data directory; one folder per competition.")
     sizes: list[int] = Field(
         [64, 128, 256], description="Square sizes in pixels (the recipe's progressive resizing)."
     )
@@ -92,11 +92,6 @@ class ResizeConfig(BaseModel):
     split_seed: int = Field(42, description="Seed of the validation split (fast.ai 42).")
     n_folds: int | None = Field(None, ge=2, le=20, description="Also assign k folds.")
 
-    @field_validator("competition")
-    @classmethod
-    def _known_competition(cls, value: str) -> str:
-        return resolve(value).slug
-
     @field_validator("sizes")
     @classmethod
     def _valid_sizes(cls, value: list[int]) -> list[int]:
@@ -104,14 +99,6 @@ class ResizeConfig(BaseModel):
         if bad or not value:
             raise ValueError(f"sizes must be 8..1024 pixels, got {value}")
         return sorted(set(value))
-
-    @property
-    def spec(self) -> Competition:
-        return resolve(self.competition)
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
 
     def all_sizes(self) -> list[int]:
         """The sizes plus, with an oversize factor, int(size*oversize) for each."""
