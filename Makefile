@@ -32,3 +32,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/resize.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train_step.py

@@ -3,7 +3,8 @@
     planet synth COMPETITION --root ROOT [--train N] [--test N] [--additional N] [--seed S]
     planet kaggle-local --root ROOT [--host 127.0.0.1] [--port P]
     planet demo [--competition SLUG] [--workdir DIR] [--kaggle-root ROOT]
-    planet run [--competition SLUG] [--data-dir DIR] [--stages prepare resize] [--sizes N ...]
+    planet run [--competition SLUG] [--data-dir DIR] [--stages STAGE ...] [--recipe NAME|FILE]
+               [--device auto|cpu|cuda] [--submit]
 
 Prefect and the kaggle client are imported only by the commands that need them.
 """
@@ -16,6 +17,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.config import PIPELINE_STAGES
 from planet.competitions import COMPETITIONS, resolve
 
 COMPETITION_HELP = "Kaggle slug or alias: " + "; ".join(
@@ -73,7 +75,7 @@ def cmd_kaggle_local(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from flows.demo import run_demo
+    from flows.demo import epoch_table, run_demo
 
     summary = run_demo(
         competition=args.competition,
@@ -83,43 +85,58 @@ def cmd_demo(args: argparse.Namespace) -> int:
         test=args.test,
         additional=args.additional,
         seed=args.seed,
+        recipe=load_recipe(args.recipe),
+        stages=args.stages,
     )
+    print(epoch_table(summary))
+    for key in ("val_metric_default", "val_metric_tuned", "score"):
+        if summary.get(key) is not None:
+            print(f"{key}: {summary[key]:.4f}")
+    print(f"submission: {summary.get('submission')}")
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
+def load_recipe(value: str):
+    """A built-in recipe name, or a JSON/YAML file holding a recipe."""
+    from planet.recipe import RECIPES, Recipe, named_recipe
+
+    if value in RECIPES:
+        return named_recipe(value)
+    path = Path(value)
+    if not path.is_file():
+        raise ValueError(
+            f"--recipe {value!r} is neither a built-in recipe ({', '.join(sorted(RECIPES))}) "
+            "nor a recipe file (.json/.yaml)"
+        )
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return Recipe.model_validate(yaml.safe_load(text))
+    return Recipe.model_validate_json(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.config import PrepareConfig, ResizeConfig
+    from flows.config import PipelineConfig
+    from flows.pipeline import pipeline
 
-    summary: dict = {"competition": args.competition}
-    if "prepare" in args.stages:
-        from flows.prepare import prepare
-
-        summary.update(
-            prepare(
-                PrepareConfig(
-                    competition=args.competition,
-                    data_dir=args.data_dir,
-                    files=args.files or None,
-                    kaggle_endpoint=args.kaggle_endpoint,
-                    shard_size=args.shard_size,
-                    write_files=args.write_files,
-                )
-            )
-        )
-    if "resize" in args.stages:
-        from flows.resize import resize
-
-        summary.update(
-            resize(
-                ResizeConfig(
-                    competition=args.competition,
-                    data_dir=args.data_dir,
-                    sizes=args.sizes,
-                    dask_address=args.dask_address,
-                )
-            )
-        )
+    config = PipelineConfig(
+        competition=args.competition,
+        data_dir=args.data_dir,
+        stages=args.stages,
+        kaggle_endpoint=args.kaggle_endpoint,
+        files=args.files or None,
+        shard_size=args.shard_size,
+        write_files=args.write_files,
+        sizes=args.sizes,
+        dask_address=args.dask_address,
+        recipe=load_recipe(args.recipe),
+        device=args.device,
+        tta=not args.no_tta,
+        submit=args.submit,
+    )
+    summary = pipeline(config)
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -174,6 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve this folder of competitions instead of generating one",
     )
+    p.add_argument(
+        "--recipe",
+        default="cpu-demo",
+        help="built-in recipe (cpu-demo, lesson3) or a recipe .json/.yaml file",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=list(PIPELINE_STAGES),
+        default=list(PIPELINE_STAGES),
+        help="stages to run (default: all, submitting to the local server)",
+    )
     _add_sizes(p)
     p.set_defaults(func=cmd_demo)
 
@@ -188,22 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         nargs="+",
-        choices=["prepare", "resize"],
-        default=["prepare", "resize"],
-        help="stages to run, in pipeline order (default: prepare resize)",
+        choices=list(PIPELINE_STAGES),
+        default=[s for s in PIPELINE_STAGES if s != "submit"],
+        help="stages to run, in pipeline order (default: all but submit)",
     )
-    p.add_argument("--files", nargs="*", default=None, help="only these Kaggle files")
     p.add_argument(
         "--kaggle-endpoint",
         default=None,
         help="base URL of a Kaggle-compatible server (default: kaggle.com)",
     )
     p.add_argument("--shard-size", type=int, default=2000, help="images per parquet shard")
+    p.add_argument("--files", nargs="*", default=None, help="only these Kaggle files")
     p.add_argument(
         "--write-files", action="store_true", help="also write images/<split>/<name>.jpg"
     )
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="resize to these sizes too")
     p.add_argument(
-        "--sizes", nargs="+", type=int, default=[64, 128, 256], help="resize to these sizes"
+        "--recipe",
+        default="lesson3",
+        help="built-in recipe (lesson3, cpu-demo) or a recipe .json/.yaml file",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--no-tta", action="store_true", help="predict without TTA")
+    p.add_argument(
+        "--submit",
+        action="store_true",
+        help="submit the file (spends one of today's Kaggle submissions)",
     )
     p.add_argument(
         "--dask-address",

@@ -6,12 +6,14 @@ by the task that needs it (see planet.kaggle.load_credentials).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from planet.competitions import Competition, resolve
+from planet.recipe import Recipe, lesson3
 
 
 class StageConfig(BaseModel):
@@ -104,3 +106,126 @@ class ResizeConfig(StageConfig):
         """The sizes plus, with an oversize factor, int(size*oversize) for each."""
         extra = [int(s * self.oversize) for s in self.sizes] if self.oversize else []
         return sorted(set(self.sizes) | set(extra))
+
+
+class TrainConfig(StageConfig):
+    """The recipe to train and where it runs."""
+
+    recipe: Recipe = Field(default_factory=lesson3, description="Backbone and training stages.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
+    compile_model: bool = Field(False, description="torch.compile the model (CUDA; slow start).")
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", value):
+            raise ValueError(f"device {value!r}: use auto, cpu, cuda or cuda:<n>")
+        return value
+
+
+class PredictConfig(StageConfig):
+    """Which trained model predicts, and how (TTA)."""
+
+    recipe: Recipe = Field(default_factory=lesson3, description="The recipe that was trained.")
+    tta: bool = Field(True, description="Average the 8 symmetries of the square.")
+    beta: float | None = Field(
+        None, ge=0.0, le=1.0, description="fast.ai's TTA mix: weight of the plain prediction."
+    )
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per inference batch.")
+
+
+class SubmitConfig(StageConfig):
+    """Whether and where the submission file is submitted."""
+
+    recipe: Recipe = Field(default_factory=lesson3, description="The recipe that was trained.")
+    submit: bool = Field(
+        False,
+        description="Submit to Kaggle: this spends one of the competition's daily submissions.",
+    )
+    kaggle_endpoint: str | None = Field(
+        None,
+        description="Base URL of a Kaggle-compatible server (the local one); empty = kaggle.com.",
+    )
+    timeout_s: float = Field(600.0, ge=1.0, description="How long to wait for the score.")
+    poll_interval_s: float = Field(5.0, gt=0.0, description="Seconds between status polls.")
+
+
+PIPELINE_STAGES = ("prepare", "resize", "train", "predict", "thresholds", "submission", "submit")
+PipelineStage = Literal[
+    "prepare", "resize", "train", "predict", "thresholds", "submission", "submit"
+]
+
+
+class PipelineConfig(StageConfig):
+    """Everything the pipeline needs, in one form; `stages` picks a subset to run."""
+
+    stages: list[PipelineStage] = Field(
+        default_factory=lambda: list(PIPELINE_STAGES),
+        description="Stages to run (in pipeline order); the others must have run before.",
+    )
+    kaggle_endpoint: str | None = Field(
+        None,
+        description="Base URL of a Kaggle-compatible server (the local one); empty = kaggle.com.",
+    )
+    files: list[str] | None = Field(
+        None, description="Kaggle file names to fetch and extract; empty = all the pipeline uses."
+    )
+    shard_size: int = Field(2000, ge=16, le=100_000, description="Images per parquet shard.")
+    write_files: bool = Field(
+        False, description="Also write the plain folder layout images/<split>/<name>.jpg."
+    )
+    sizes: list[int] | None = Field(
+        None, description="Sizes to pre-resize to besides the recipe's own."
+    )
+    dask_address: str | None = Field(None, description="An existing Dask scheduler; empty = local.")
+    recipe: Recipe = Field(default_factory=lesson3, description="Backbone and training stages.")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
+    workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
+    tta: bool = Field(True, description="Average the 8 symmetries of the square at test time.")
+    submit: bool = Field(
+        False,
+        description="Submit to Kaggle: this spends one of the competition's daily submissions.",
+    )
+    submit_timeout_s: float = Field(600.0, ge=1.0, description="How long to wait for the score.")
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"stages must name at least one of {list(PIPELINE_STAGES)}")
+        return [s for s in PIPELINE_STAGES if s in value]
+
+    def _common(self) -> dict[str, str]:
+        return {"competition": self.competition, "data_dir": self.data_dir}
+
+    def prepare_config(self) -> PrepareConfig:
+        return PrepareConfig(
+            **self._common(),
+            files=self.files,
+            kaggle_endpoint=self.kaggle_endpoint,
+            shard_size=self.shard_size,
+            write_files=self.write_files,
+        )
+
+    def resize_config(self) -> ResizeConfig:
+        sizes = sorted(set(self.sizes or []) | set(self.recipe.sizes))
+        return ResizeConfig(**self._common(), sizes=sizes, dask_address=self.dask_address)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            **self._common(), recipe=self.recipe, device=self.device, workers=self.workers
+        )
+
+    def predict_config(self) -> PredictConfig:
+        return PredictConfig(**self._common(), recipe=self.recipe, tta=self.tta, device=self.device)
+
+    def submit_config(self) -> SubmitConfig:
+        return SubmitConfig(
+            **self._common(),
+            recipe=self.recipe,
+            submit=self.submit,
+            kaggle_endpoint=self.kaggle_endpoint,
+            timeout_s=self.submit_timeout_s,
+        )

@@ -87,12 +87,29 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     fake_key = "demo-secret-" + "5" * 20
     monkeypatch.setattr(demo.secrets, "token_hex", lambda _n: fake_key)
     workdir = tmp_path / "demo"
+    recipe = tmp_path / "tiny.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "arch": "resnet18",
+                "pretrained": False,
+                "lr_find_iterations": 10,
+                "stages": [
+                    {"size": 32, "frozen": False, "epochs": 1, "lr": "auto", "batch_size": 8},
+                    {"size": 64, "frozen": False, "epochs": 1, "lr": "1e-3", "batch_size": 8},
+                ],
+            }
+        )
+    )
     assert (
         cli.main(
             [
                 "demo",
                 "--workdir",
                 str(workdir),
+                "--recipe",
+                str(recipe),
                 "--train",
                 "24",
                 "--test",
@@ -117,8 +134,13 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     assert Path(summary["images"]["train"]["dir"]) == dirs.original_shards("train")
     assert shards.verify(dirs.original_shards("train"), checksums=True)["count"] == 24
     # prepare -> resize: every recipe size, every split, and a picture of a batch
-    assert sorted(summary["sized"], key=int) == ["64", "128", "256"]
-    assert summary["sized"]["128"]["test-additional"]["count"] == 3
+    assert sorted(summary["sized"], key=int) == ["32", "64"]
+    assert summary["sized"]["64"]["test-additional"]["count"] == 3
+    # -> train -> predict -> thresholds -> submission -> a graded submission
+    assert [(e["stage"], e["epoch"]) for e in summary["train"]["epochs"]] == [(1, 1), (2, 1)]
+    assert 0.0 <= summary["score"] <= 1.0 and summary["submitted"] is True
+    assert Path(summary["submission"]).is_file()
+    assert any(line.startswith("val_metric_default: ") for line in out_lines)
     assert summary["split"]["train"] + summary["split"]["valid"] == 24
     assert Path(summary["batch_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -27,6 +27,7 @@ def test_deployment_entrypoint_and_parameters(deployment):
     assert (ROOT / deployment["entrypoint"].split(":")[0]).is_file()
     flow.validate_parameters(deployment.get("parameters", {}))  # raises on a bad config
     schema = parameter_schema(flow).model_dump()
-    config_ref = schema["properties"]["config"]
-    assert "PrepareConfig" in str(config_ref)  # the UI renders the typed form
-    assert "competition" in str(schema["definitions"]["PrepareConfig"]["properties"])
+    config_ref = str(schema["properties"]["config"])
+    model = next(name for name in schema["definitions"] if name in config_ref)
+    assert model.endswith("Config")  # the UI renders the typed form
+    assert "competition" in str(schema["definitions"][model]["properties"])

@@ -39,8 +39,8 @@ PUBLIC_FRACTION = 1 / 3
 PLANET_SAMPLE_TAGS = "primary clear agriculture road water"
 
 DEFAULT_SIZES: dict[str, dict[str, int]] = {
-    PLANET.slug: {"train": 2000, "test": 800, "test-additional": 200},
-    DOGS_VS_CATS.slug: {"train": 1000, "test": 400},
+    PLANET.slug: {"train": 1200, "test": 300, "test-additional": 100},
+    DOGS_VS_CATS.slug: {"train": 800, "test": 200},
 }
 
 _COMP_KEY = {PLANET.slug: 1, DOGS_VS_CATS.slug: 2}

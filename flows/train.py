@@ -1,0 +1,89 @@
+"""Training: the seed notebook's recipe, stage by stage.
+
+    train = for each stage of the recipe (e.g. 128px frozen, 128px unfrozen, 256px frozen,
+            256px unfrozen): [LR finder] -> fit_one_cycle from the previous stage's weights,
+            checkpointed every epoch  ->  export the last stage for the predict stage
+
+Each stage is one task, cached on its inputs' content: rerunning the flow skips finished
+stages, and a stage that crashed resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from flows.config import TrainConfig
+from planet import stages
+from tasks import train as train_tasks
+from tasks.progress import artifact_key
+
+DEFAULT_CONFIG = TrainConfig()
+
+
+@flow(name="train", flow_run_name="train {config.competition} {config.recipe.name}")
+def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
+    """Train every stage of the recipe; returns the stage records and the exported bundle."""
+    logger = get_run_logger()
+    slug, data_dir, recipe = config.competition, str(config.data_path), config.recipe
+    logger.info("recipe %s: %s", recipe.run_name, "; ".join(s.describe() for s in recipe.stages))
+    records: list[dict[str, Any]] = []
+    previous = None
+    for index in range(len(recipe.stages)):
+        previous = train_tasks.run_train_stage(
+            slug,
+            data_dir,
+            recipe,
+            index,
+            previous,
+            device=config.device,
+            workers=config.workers,
+            compile_model=config.compile_model,
+        )
+        records.append(previous)
+    bundle = train_tasks.export_model(slug, data_dir, recipe, records[-1])
+    rows = stages.summary_rows(records)
+    create_table_artifact(
+        key=artifact_key(slug, recipe.name, "metrics"),
+        table=rows,
+        description=f"{recipe.run_name}: metrics per epoch, all stages",
+    )
+    summary = {
+        "run": recipe.run_name,
+        "models_dir": str(stages.models_dir(data_dir, slug, recipe)),
+        "bundle": bundle,
+        "stages": [
+            {k: v for k, v in rec.items() if k != "history"} | {"epochs": _epochs(rec)}
+            for rec in records
+        ],
+        "final": rows[-1],
+    }
+    create_markdown_artifact(
+        key=artifact_key(slug, recipe.name, "train-summary"),
+        markdown=_summary_markdown(summary),
+        description=f"training summary, {recipe.run_name}",
+    )
+    return summary
+
+
+def _epochs(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in row.items() if k != "batch_losses"} for row in record["history"]]
+
+
+def _summary_markdown(summary: dict[str, Any]) -> str:
+    lines = [f"# Trained {summary['run']}", "", "| stage | recipe | lrs | final metrics | s |"]
+    lines.append("|---:|---|---|---|---:|")
+    for st in summary["stages"]:
+        last = st["epochs"][-1]
+        metrics = ", ".join(
+            f"{k} {v:.4f}"
+            for k, v in last.items()
+            if isinstance(v, float) and k not in {"lr", "seconds", "images_per_s"}
+        )
+        lrs = ", ".join(f"{lr:.2e}" for lr in st["lrs"])
+        lines.append(f"| {st['stage']} | {st['describe']} | {lrs} | {metrics} | {st['seconds']} |")
+    lines += ["", f"Bundle: `{summary['bundle']['bundle']}` in `{summary['models_dir']}`"]
+    return "\n".join(lines) + "\n"

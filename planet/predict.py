@@ -1,0 +1,506 @@
+"""Predictions: class probabilities of a model over a sized shard folder, with test-time
+augmentation (TTA), written resumably to `probs.parquet`.
+
+Probabilities (`predict_probs`)
+-------------------------------
+The activation follows the task: sigmoid per class for `multi_label` (Planet, 17 tags),
+softmax over the classes for `single_label` (Dogs vs Cats). Logits are cast to float32 before
+the activation; on CUDA the forward runs under bf16 autocast (when the GPU supports bf16). The
+model is put in eval mode for the call and given back in the mode it came in; gradients are off
+(`torch.no_grad`, not `inference_mode`, so the caller may use the result anywhere).
+
+TTA. Our augmented set is the 8 symmetries of the square, `planet.data.dihedral(x, k)` for
+k = 0..7 (k = 0 is the image itself): the augmentation the models are trained with (flips and
+transposes; zoom and lighting are left out at test time). `tta=True` returns the mean of the 8
+PROBABILITIES (not of logits), as fast.ai averages activated predictions. One forward per
+symmetry, in a loop: 8 passes over the batch, no 8x batch in memory.
+
+fast.ai v1's `Learner.TTA(beta=0.4, scale=1.35)` (`fastai/vision/tta.py`, `_TTA`) does:
+
+    preds = learn.get_preds(ds_type, activ=activ)          # plain, un-augmented
+    all_preds = list(learn.tta_only(...))                  # 8 augmented passes
+    avg_preds = torch.stack(all_preds).mean(0)
+    final_preds = preds*beta + avg_preds*(1-beta)          # beta=None: (preds, avg_preds)
+
+where its 8 augmented passes (`_tta_only`) are a zoom by `scale` (1.35) anchored at one of the
+4 corners, with or without a left-right flip (i & 4), plus the training set's other transforms
+(lighting...; not crop_pad, flip_lr, dihedral or zoom): none of them is the plain image. Our
+`beta` keeps that meaning, the weight of the plain prediction, with the 7 NON-IDENTITY
+symmetries (k = 1..7) as the augmented set:
+
+    beta given:  beta * p_0 + (1 - beta) * mean(p_1, ..., p_7)
+    beta None:   mean(p_0, ..., p_7)      (the same as beta = 1/8)
+
+so fast.ai's `TTA(beta=0.4)` becomes `beta=0.4` here (with symmetries instead of corner zooms),
+and `beta=1/8` gives the plain 8-way mean.
+
+A split (`predict_split`)
+-------------------------
+Every image of a sized shard folder (or the `select`ed names, in that order: e.g. the
+validation images of a split) goes through `Loader` (normalised float32 batches on `device`,
+no augmentation) and `predict_probs`. The output folder:
+
+    out_dir/probs.parquet     image_name (string) + one float32 column per class (its name)
+    out_dir/manifest.json     count, classes, task, tta, beta, settings, sha256 of the parquet
+    out_dir/parts/            while running: part-NNNNN.parquet + settings.json
+    out_dir/.lock             `planet.fileio.folder_lock` (one writer per folder)
+
+Resumable. The planned order (names) is cut into parts of `part_size` images (part p holds
+rows [p * part_size, (p + 1) * part_size)); batches never straddle a part, so a part's values
+do not depend on what ran before it. Each part is written atomically with the config hash in
+its parquet metadata; `parts/settings.json` records the config. A rerun keeps every part whose
+config hash, row count and names match (`parts_reused`) and computes the rest
+(`parts_computed`); a different config (another model: the bundle sha256 in `settings`,
+another TTA or beta, other names or order, other images, part size, normalisation...)
+removes the parts folder and starts over. At the end the parts are concatenated into
+`probs.parquet` (atomically), `manifest.json` is written last, and the parts folder is deleted.
+
+The config hashed is: format version, task, classes, tta, beta, mean, std, part size, the
+ordered names' sha256 and count, the sized folder's manifest sha256 (its shards' hashes, so
+the pixels) and the caller's `settings` (e.g. `{"bundle_sha256": ...}`; put there whatever
+identifies the model: `state_dict_sha256(model)` when there is no bundle file). Batch size,
+device, channels_last and workers are not in it: they change the last bits of the results at
+most, not what is computed; on one device with one batch size a resumed run is bitwise equal
+to an uninterrupted one.
+
+Already done. When `manifest.json` exists with the same config hash and `probs.parquet` has
+the recorded sha256, `predict_split` returns that manifest without reading the images or
+running the model (counts in the returned copy describe this call: `reused: True`,
+`parts_computed: 0`). `predictions_complete(out_dir, settings)` is that check for callers
+(e.g. a flow skipping the task), comparing the caller's `settings` and, optionally, other
+manifest fields (`task=`, `tta=`, `beta=`, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from planet.data import IMAGENET_MEAN, IMAGENET_STD, Loader, dihedral, read_images
+from planet.faults import fault_point
+from planet.fileio import (
+    atomic_path,
+    folder_lock,
+    read_json,
+    remove_stale_temps,
+    sha256_file,
+    sha256_json,
+    write_json_atomic,
+)
+from planet.layout import MANIFEST
+from planet.resize import read_sized_manifest
+
+Task = Literal["multi_label", "single_label"]
+TASKS: tuple[str, ...] = ("multi_label", "single_label")
+FORMAT = "planet-predictions"
+FORMAT_VERSION = 1
+PROBS_FILE = "probs.parquet"
+PARTS_DIR = "parts"
+PARTS_SETTINGS = "settings.json"
+PART_SIZE = 2048
+TTA_VIEWS = 8  # the symmetries of the square, `dihedral(x, k)` for k in 0..7
+METADATA_KEY = b"planet.predict"
+NAME_COLUMN = "image_name"
+
+Progress = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# probabilities
+
+
+def _check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    return task
+
+
+def _check_beta(beta: float | None, tta: bool) -> float | None:
+    if beta is None:
+        return None
+    if not tta:
+        raise ValueError("beta mixes the plain and the TTA predictions: it needs tta=True")
+    beta = float(beta)
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must lie in [0, 1], got {beta}")
+    return beta
+
+
+def _activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """float32 probabilities from logits: sigmoid (multi_label) or softmax over dim 1."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if task == "multi_label" else torch.softmax(logits, dim=1)
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on a CUDA device that supports it, else nothing."""
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    task: Task,
+    tta: bool = True,
+    beta: float | None = None,
+) -> torch.Tensor:
+    """float32 probabilities (n, C), on the images' device, of a normalised float NCHW batch.
+
+    Without `tta`: activation(model(x)). With `tta`: the mean over the 8 symmetries
+    `dihedral(x, k)` of activation(model(view)); with `beta` as well:
+    `beta * p_0 + (1 - beta) * mean(p_1..p_7)` (fast.ai v1's mix; see the module doc)."""
+    _check_task(task)
+    beta = _check_beta(beta, tta)
+    with torch.no_grad(), _eval_mode(model), _autocast(images.device):
+        plain = _activate(model(images), task)
+        if not tta:
+            return plain
+        others = torch.zeros_like(plain)
+        for k in range(1, TTA_VIEWS):
+            others += _activate(model(dihedral(images, k)), task)
+        if beta is None:
+            return (plain + others) / TTA_VIEWS
+        return beta * plain + (1.0 - beta) * (others / (TTA_VIEWS - 1))
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A fingerprint of a model's state (every entry's name, dtype, shape and bytes), for
+    `settings` when there is no bundle file to hash."""
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        t = value.detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _jsonable(obj: Any) -> Any:
+    """`obj` as it reads back from JSON (tuples become lists...), for comparisons."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _names_sha256(names: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _schema(classes: Sequence[str], config_sha256: str) -> pa.Schema:
+    fields = [pa.field(NAME_COLUMN, pa.string(), nullable=False)]
+    fields += [pa.field(c, pa.float32(), nullable=False) for c in classes]
+    meta = {METADATA_KEY: json.dumps({"config_sha256": config_sha256})}
+    return pa.schema(fields, metadata=meta)
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _probs_table(names: Sequence[str], probs: np.ndarray, schema: pa.Schema) -> pa.Table:
+    columns = [pa.array(list(names), pa.string())]
+    columns += [pa.array(np.ascontiguousarray(probs[:, j])) for j in range(probs.shape[1])]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _part_path(parts: Path, p: int) -> Path:
+    return parts / f"part-{p:05d}.parquet"
+
+
+def _part_ok(path: Path, config_sha256: str, names: Sequence[str]) -> bool:
+    """Whether `path` is a finished part of this config holding exactly `names`."""
+    if not path.is_file():
+        return False
+    try:
+        meta = pq.read_metadata(path)
+        record = json.loads((meta.metadata or {})[METADATA_KEY])
+        if record.get("config_sha256") != config_sha256 or meta.num_rows != len(names):
+            return False
+        stored = pq.read_table(path, columns=[NAME_COLUMN]).column(0).to_pylist()
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return False
+    return stored == list(names)
+
+
+def read_probs(path: str | Path) -> tuple[list[str], np.ndarray, tuple[str, ...]]:
+    """(names, float32 probabilities (n, C), classes) from a predictions folder (its
+    `probs.parquet`) or a probabilities parquet file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PROBS_FILE
+    table = pq.read_table(path)
+    classes = tuple(c for c in table.column_names if c != NAME_COLUMN)
+    names = table.column(NAME_COLUMN).to_pylist()
+    probs = np.empty((table.num_rows, len(classes)), dtype=np.float32)
+    for j, c in enumerate(classes):
+        probs[:, j] = table.column(c).to_numpy()
+    return names, probs, classes
+
+
+def _complete_manifest(out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of `out_dir` when its `probs.parquet` is the one it records, else None."""
+    try:
+        manifest = read_json(out_dir / MANIFEST)
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            return None
+        probs = out_dir / manifest["probs"]["name"]
+        if not probs.is_file() or probs.stat().st_size != manifest["probs"]["bytes"]:
+            return None
+        if sha256_file(probs) != manifest["probs"]["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest
+
+
+def predictions_complete(
+    out_dir: str | Path, settings: dict[str, Any] | None, **expect: Any
+) -> bool:
+    """Whether `out_dir` holds finished predictions made with `settings` (and with each
+    manifest field in `expect`, e.g. `tta=True, beta=None, task="multi_label"`): the manifest
+    is there and `probs.parquet` has its recorded sha256."""
+    manifest = _complete_manifest(Path(out_dir))
+    if manifest is None or manifest.get("settings") != _jsonable(settings or {}):
+        return False
+    return all(k in manifest and manifest[k] == _jsonable(v) for k, v in expect.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# a split
+
+
+def _folder_names(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every image name of a sized folder, in shard order (the names column only)."""
+    names: list[str] = []
+    for rec in manifest["shards"]:
+        table = pq.read_table(folder / rec["name"], columns=[NAME_COLUMN])
+        names += table.column(0).to_pylist()
+    return names
+
+
+def _check_device(model: nn.Module, device: torch.device) -> None:
+    param = next(model.parameters(), None)
+    if param is None:
+        return
+    here = param.device
+    if here.type != device.type or (device.index is not None and here.index != device.index):
+        raise ValueError(f"the model is on {here}, the images go to {device}: move it first")
+
+
+def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+    classes = tuple(str(c) for c in classes)
+    if not classes:
+        raise ValueError("classes must name at least one class")
+    if len(set(classes)) != len(classes) or NAME_COLUMN in classes:
+        raise ValueError(f"class names must be distinct and not {NAME_COLUMN!r}: {classes}")
+    return classes
+
+
+def _start_parts(parts: Path, config: dict[str, Any], config_sha256: str) -> None:
+    """Keep `parts` when it was made with this config, else start it afresh."""
+    record = {"config_sha256": config_sha256, "config": config}
+    try:
+        same = read_json(parts / PARTS_SETTINGS).get("config_sha256") == config_sha256
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same and parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parts)
+    if not same:
+        write_json_atomic(parts / PARTS_SETTINGS, record)
+
+
+def predict_split(
+    model: nn.Module,
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str],
+    task: Task,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    tta: bool = True,
+    beta: float | None = None,
+    select: Sequence[str] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    channels_last: bool = False,
+    progress: Progress | None = None,
+    settings: dict[str, Any] | None = None,
+    part_size: int = PART_SIZE,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Probabilities of every image of the sized shard folder `folder` (or of the `select`ed
+    names, in that order) into `out_dir/probs.parquet`; returns the manifest (see the module
+    doc: resumable in parts, skipped when already complete with the same config).
+
+    The model must already be on `device` (and in channels_last memory if asked). `settings`
+    identifies the model (e.g. `{"bundle_sha256": ...}`) and is recorded. `progress(done,
+    total)` is called in images, after each batch (and once for the parts reused)."""
+    folder, out_dir = Path(folder), Path(out_dir)
+    _check_task(task)
+    classes = _check_classes(classes)
+    beta = _check_beta(beta, tta)
+    if batch_size < 1 or part_size < 1:
+        raise ValueError("batch_size and part_size must be >= 1")
+    device = torch.device(device)
+    sized = read_sized_manifest(folder)
+    if select is not None:
+        names = list(select)
+        if len(set(names)) != len(names):
+            raise ValueError("select names an image more than once")
+    else:
+        names = _folder_names(folder, sized)
+    n = len(names)
+    settings = _jsonable(settings or {})
+    config = _jsonable(
+        {
+            "format_version": FORMAT_VERSION,
+            "task": task,
+            "classes": list(classes),
+            "tta": bool(tta),
+            "tta_views": TTA_VIEWS if tta else 1,
+            "beta": beta,
+            "mean": list(mean),
+            "std": list(std),
+            "part_size": part_size,
+            "count": n,
+            "names_sha256": _names_sha256(names),
+            "source_sha256": sha256_json(sized),
+            "settings": settings,
+        }
+    )
+    config_sha256 = sha256_json(config)
+    n_parts = math.ceil(n / part_size)
+    parts = out_dir / PARTS_DIR
+
+    with folder_lock(out_dir):
+        done = _complete_manifest(out_dir)
+        if done is not None and done.get("config_sha256") == config_sha256:
+            if parts.exists():
+                shutil.rmtree(parts)
+            if progress is not None:
+                progress(n, n)
+            return {**done, "reused": True, "parts_computed": 0, "parts_reused": n_parts}
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        remove_stale_temps(out_dir)
+        _start_parts(parts, config, config_sha256)
+        schema = _schema(classes, config_sha256)
+
+        bounds = [(a, min(n, a + part_size)) for a in range(0, n, part_size)]
+        kept = [
+            _part_ok(_part_path(parts, p), config_sha256, names[a:b])
+            for p, (a, b) in enumerate(bounds)
+        ]
+        todo = [p for p, ok in enumerate(kept) if not ok]
+        reused = n_parts - len(todo)
+        images_done = sum(b - a for (a, b), ok in zip(bounds, kept, strict=True) if ok)
+        if progress is not None:
+            progress(images_done, n)
+        if todo:
+            _check_device(model, device)
+            data = read_images(folder)
+            indices = data.indices(names)  # KeyError naming images not in the folder
+            with _eval_mode(model):
+                for p in todo:
+                    a, b = bounds[p]
+                    loader = Loader(
+                        data,
+                        indices[a:b],
+                        batch_size=batch_size,
+                        device=device,
+                        workers=workers,
+                        channels_last=channels_last,
+                        mean=mean,
+                        std=std,
+                    )
+                    out = np.empty((b - a, len(classes)), dtype=np.float32)
+                    pos = 0
+                    for images, _ in loader:
+                        probs = predict_probs(model, images, task, tta=tta, beta=beta)
+                        if probs.ndim != 2 or probs.shape[1] != len(classes):
+                            raise ValueError(
+                                f"the model gives {tuple(probs.shape)} outputs for "
+                                f"{len(classes)} classes"
+                            )
+                        out[pos : pos + len(probs)] = probs.to("cpu").numpy()
+                        pos += len(probs)
+                        images_done += len(probs)
+                        if progress is not None:
+                            progress(images_done, n)
+                    _write_table(_part_path(parts, p), _probs_table(names[a:b], out, schema))
+                    fault_point(f"predict-part-{p + 1}")
+
+        tables = [pq.read_table(_part_path(parts, p)) for p in range(n_parts)]
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        probs_path = out_dir / PROBS_FILE
+        _write_table(probs_path, table.replace_schema_metadata(schema.metadata))
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "count": n,
+            "classes": list(classes),
+            "task": task,
+            "tta": bool(tta),
+            "tta_views": config["tta_views"],
+            "beta": beta,
+            "settings": settings,
+            "source": {"folder": str(folder), "sha256": config["source_sha256"]},
+            "names_sha256": config["names_sha256"],
+            "config": config,
+            "config_sha256": config_sha256,
+            "probs": {
+                "name": PROBS_FILE,
+                "bytes": probs_path.stat().st_size,
+                "sha256": sha256_file(probs_path),
+            },
+            "parts": {"count": n_parts, "size": part_size},
+            "parts_computed": len(todo),
+            "parts_reused": reused,
+        }
+        write_json_atomic(out_dir / MANIFEST, manifest)
+        shutil.rmtree(parts)
+    return {**manifest, "reused": False}
+
+
+__all__: Sequence[str] = (
+    "FORMAT",
+    "FORMAT_VERSION",
+    "PROBS_FILE",
+    "predict_probs",
+    "predict_split",
+    "predictions_complete",
+    "read_probs",
+    "state_dict_sha256",
+)

@@ -1,0 +1,237 @@
+"""Training recipes: fast.ai's lesson recipe as data.
+
+A recipe is a backbone plus a list of stages; each stage trains at one image size, frozen
+(only the head and every BatchNorm layer) or unfrozen, for some epochs of one-cycle training
+at some learning rates. Each stage starts from the previous stage's weights, so progressive
+resizing (128 px -> 256 px) is two stages at two sizes.
+
+Learning rates are written the way fast.ai users write them:
+
+    "1e-2"                 one rate for every layer group
+    "slice(1e-2)"          1e-3 for both body groups, 1e-2 for the head (fast.ai `slice(hi)`)
+    "slice(1e-5, 2e-3)"    spread geometrically over the groups: 1e-5, 1.41e-4, 2e-3
+    "auto"                 the LR finder's suggestion, found just before this stage
+    "slice(1e-5, auto/5)"  `auto` may appear wherever a number does, divided by a number
+
+A stage whose rate mentions `auto` always runs the LR finder first; `lr_find: true` runs it
+for the picture only (the seed notebooks looked at the plot before every `fit_one_cycle`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from planet.fileio import sha256_json
+
+_NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
+_TERM = rf"(?:{_NUMBER}|auto(?:\s*/\s*{_NUMBER})?)"
+_SLICE = re.compile(rf"^slice\(\s*({_TERM})\s*(?:,\s*({_TERM})\s*)?\)$")
+_SINGLE = re.compile(rf"^({_TERM})$")
+
+
+@dataclass(frozen=True)
+class LRTerm:
+    """A number, or the LR finder's suggestion divided by `divisor`."""
+
+    value: float | None  # None: auto
+    divisor: float = 1.0
+
+    @classmethod
+    def parse(cls, text: str) -> LRTerm:
+        text = text.strip()
+        if text.startswith("auto"):
+            rest = text[4:].strip()
+            return cls(None, float(rest.lstrip("/").strip()) if rest else 1.0)
+        return cls(float(text))
+
+    @property
+    def is_auto(self) -> bool:
+        return self.value is None
+
+    def resolve(self, suggestion: float | None) -> float:
+        if self.value is not None:
+            return self.value
+        if suggestion is None:
+            raise ValueError("this learning rate says `auto`, but no LR finder suggestion is given")
+        return suggestion / self.divisor
+
+
+@dataclass(frozen=True)
+class LRSpec:
+    """A parsed learning-rate setting: one term, or `slice(hi)`, or `slice(lo, hi)`."""
+
+    lo: LRTerm | None
+    hi: LRTerm
+    is_slice: bool
+
+    @property
+    def needs_finder(self) -> bool:
+        return self.hi.is_auto or (self.lo is not None and self.lo.is_auto)
+
+    def group_lrs(self, n_groups: int, suggestion: float | None = None) -> list[float]:
+        """One learning rate per layer group, as fast.ai's `Learner.lr_range`."""
+        hi = self.hi.resolve(suggestion)
+        if not self.is_slice:
+            lrs = [hi] * n_groups
+        elif self.lo is None:
+            lrs = [hi / 10] * (n_groups - 1) + [hi]
+        else:
+            lrs = even_mults(self.lo.resolve(suggestion), hi, n_groups)
+        bad = [lr for lr in lrs if not (math.isfinite(lr) and lr > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be positive and finite, got {lrs}")
+        return lrs
+
+
+def even_mults(start: float, stop: float, n: int) -> list[float]:
+    """fast.ai's `even_mults`: n values from start to stop, evenly spaced in log scale."""
+    if n == 1:
+        return [stop]
+    mult = (stop / start) ** (1 / (n - 1))
+    return [start * mult**i for i in range(n)]
+
+
+def parse_lr(spec: str | float) -> LRSpec:
+    """Parse a learning-rate setting (see the module doc); a clear ValueError otherwise."""
+    if isinstance(spec, int | float):
+        if not (math.isfinite(spec) and spec > 0):
+            raise ValueError(f"learning rate must be a positive number, got {spec}")
+        return LRSpec(None, LRTerm(float(spec)), False)
+    text = str(spec).strip().replace(" ", "")
+    m = _SLICE.match(text)
+    if m:
+        first, second = m.group(1), m.group(2)
+        if second is None:
+            spec_ = LRSpec(None, LRTerm.parse(first), True)
+        else:
+            spec_ = LRSpec(LRTerm.parse(first), LRTerm.parse(second), True)
+    elif _SINGLE.match(text):
+        spec_ = LRSpec(None, LRTerm.parse(text), False)
+    else:
+        raise ValueError(
+            f"learning rate {spec!r} is not understood: write a number (1e-2), "
+            "slice(hi), slice(lo, hi) or auto (e.g. slice(1e-5, auto/5))"
+        )
+    for term in (spec_.lo, spec_.hi):
+        if term is not None and not term.is_auto and not (term.value > 0):  # type: ignore[operator]
+            raise ValueError(f"learning rate {spec!r}: rates must be positive")
+        if term is not None and term.is_auto and not term.divisor > 0:
+            raise ValueError(f"learning rate {spec!r}: auto must be divided by a positive number")
+    return spec_
+
+
+class TrainStage(BaseModel):
+    """One `fit_one_cycle` of the recipe."""
+
+    size: int = Field(128, ge=8, le=1024, description="Image size in pixels (a resized size).")
+    frozen: bool = Field(True, description="Train only the head (and BatchNorm layers).")
+    epochs: int = Field(5, ge=1, le=1000, description="Epochs of one-cycle training.")
+    lr: str = Field(
+        "1e-2", description="Learning rate: 1e-2, slice(1e-2), slice(1e-5, 2e-3), auto, auto/5."
+    )
+    batch_size: int = Field(64, ge=1, le=4096, description="Images per training batch.")
+    lr_find: bool = Field(False, description="Run the LR finder before this stage (plot only).")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _valid_lr(cls, value: str | float) -> str:
+        parse_lr(value)
+        return str(value)
+
+    @property
+    def lr_spec(self) -> LRSpec:
+        return parse_lr(self.lr)
+
+    @property
+    def runs_finder(self) -> bool:
+        return self.lr_find or self.lr_spec.needs_finder
+
+    def describe(self) -> str:
+        state = "frozen" if self.frozen else "unfrozen"
+        return f"{self.size}px {state} {self.epochs} epoch(s) at {self.lr}"
+
+
+class Recipe(BaseModel):
+    """A backbone and the stages that train it (defaults: the seed notebook's Planet recipe)."""
+
+    name: str = Field("lesson3", description="A short name; models go to models/<name>-<hash>/.")
+    arch: str = Field("resnet50", description="Backbone: resnet18/34/50/101, vgg16, vgg16_bn.")
+    pretrained: bool = Field(True, description="Start from ImageNet weights when available.")
+    weights_path: str | None = Field(
+        None, description="An ImageNet state-dict file for the backbone (else the torch hub cache)."
+    )
+    stages: list[TrainStage] = Field(default_factory=lambda: list(LESSON3_STAGES))
+    seed: int = Field(0, description="Seed of weights init, batch order and augmentation.")
+    weight_decay: float = Field(1e-2, ge=0.0, le=1.0, description="AdamW weight decay.")
+    lr_find_iterations: int = Field(100, ge=5, le=1000, description="LR finder steps.")
+    lr_suggestion: Literal["steepest", "min/10"] = Field(
+        "min/10", description="Which LR finder suggestion `auto` uses."
+    )
+    augment: bool = Field(True, description="fast.ai's dihedral/lighting/zoom augmentation.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError(f"recipe name {value!r}: use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _some_stages(cls, value: list[TrainStage]) -> list[TrainStage]:
+        if not value:
+            raise ValueError("a recipe needs at least one stage")
+        return value
+
+    @property
+    def run_name(self) -> str:
+        """The models folder: the name plus a hash of everything that shapes the weights."""
+        return f"{self.name}-{sha256_json(self.model_dump(mode='json'))[:8]}"
+
+    @property
+    def sizes(self) -> list[int]:
+        return sorted({s.size for s in self.stages})
+
+
+LESSON3_STAGES: tuple[TrainStage, ...] = (
+    TrainStage(size=128, frozen=True, epochs=5, lr="slice(1e-2)", lr_find=True),
+    TrainStage(size=128, frozen=False, epochs=5, lr="slice(1e-5, 2e-3)", lr_find=True),
+    TrainStage(size=256, frozen=True, epochs=5, lr="slice(5e-3)", lr_find=True),
+    TrainStage(size=256, frozen=False, epochs=5, lr="slice(1e-5, 1e-3)", lr_find=True),
+)
+
+
+def lesson3() -> Recipe:
+    """The seed notebook's recipe: resnet50, 128 px then 256 px, each frozen then unfrozen."""
+    return Recipe()
+
+
+def cpu_demo() -> Recipe:
+    """A recipe a 2-core CPU finishes in minutes on the synthetic competition: resnet18, the LR
+    finder, then 64 px and 128 px. Without pretrained weights (offline) a frozen random body
+    learns little, so both stages train every layer."""
+    return Recipe(
+        name="cpu-demo",
+        arch="resnet18",
+        stages=[
+            TrainStage(size=64, frozen=False, epochs=2, lr="auto", batch_size=32),
+            TrainStage(size=128, frozen=False, epochs=2, lr="slice(1e-4, 2e-3)", batch_size=32),
+        ],
+        lr_find_iterations=60,
+    )
+
+
+RECIPES = {"lesson3": lesson3, "cpu-demo": cpu_demo}
+
+
+def named_recipe(name: str) -> Recipe:
+    """A built-in recipe by name."""
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; built-in recipes: {sorted(RECIPES)}") from None

@@ -1,0 +1,122 @@
+"""The whole pipeline flow on a tiny synthetic Planet, against the local Kaggle server."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planet.competitions import PLANET
+from planet.kaggle_local.grader import grade_texts
+from planet.recipe import Recipe, TrainStage
+
+pytestmark = pytest.mark.slow
+
+TINY = Recipe(
+    name="tiny",
+    arch="resnet18",
+    pretrained=False,
+    stages=[
+        TrainStage(size=32, frozen=False, epochs=2, lr="auto", batch_size=16),
+        TrainStage(size=64, frozen=False, epochs=2, lr="slice(1e-4, 3e-3)", batch_size=16),
+    ],
+    lr_find_iterations=20,
+)
+
+
+def constant_submission(kaggle_dir: Path) -> str:
+    """The best constant answer: every tag more frequent than 0.2 in train, for every image."""
+    with (kaggle_dir / "_private" / "solution.csv").open() as f:
+        names = [row["image_name"] for row in csv.DictReader(f)]
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(kaggle_dir / "train_v2.csv.zip") as z:
+        rows = list(csv.DictReader(io.TextIOWrapper(z.open("train_v2.csv"))))
+    counts = {c: 0 for c in PLANET.classes}
+    for row in rows:
+        for tag in row["tags"].split():
+            counts[tag] += 1
+    tags = " ".join(c for c in PLANET.classes if counts[c] / len(rows) > 0.2)
+    return "image_name,tags\n" + "".join(f"{n},{tags}\n" for n in names)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, prefect_api):
+    from flows.demo import run_demo
+
+    workdir = tmp_path_factory.mktemp("pipeline")
+    first = run_demo("planet", workdir, train=200, test=60, additional=20, seed=3, recipe=TINY)
+    return workdir, first
+
+
+def test_the_pipeline_ends_with_a_graded_score_better_than_a_constant(demo_run):
+    workdir, summary = demo_run
+    kaggle_dir = workdir / "kaggle" / PLANET.slug
+    constant, _ = grade_texts(
+        PLANET, constant_submission(kaggle_dir), (kaggle_dir / "_private/solution.csv").read_text()
+    )
+    for key in ("competition", "score", "val_metric_default", "val_metric_tuned", "submission"):
+        assert summary[key] is not None, key
+    assert summary["flow_run_id"]
+    assert summary["submitted"] is True
+    assert summary["score"] > constant, (summary["score"], constant)
+    assert summary["val_metric_tuned"] >= summary["val_metric_default"]
+    sub = Path(summary["submission"])
+    assert sub.is_file() and sub.read_text().startswith("image_name,tags\n")
+    assert len(sub.read_text().splitlines()) == 1 + 60 + 20
+    epochs = summary["train"]["epochs"]
+    assert [(e["stage"], e["epoch"]) for e in epochs] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(np.isfinite(e["f2"]) for e in epochs)
+
+
+def test_a_second_run_is_cached_and_does_not_submit_again(demo_run):
+    from flows.demo import run_demo
+
+    workdir, first = demo_run
+    since = datetime.now(UTC)
+    again = run_demo("planet", workdir, train=200, test=60, additional=20, seed=3, recipe=TINY)
+    assert again["score"] == first["score"]
+    assert again["submission"] == first["submission"]
+    assert again["train"]["epochs"] == first["train"]["epochs"]
+    records = list((workdir / "data" / PLANET.slug / "submissions").glob("*.json"))
+    assert records, "the submission's ref is recorded beside the file"
+    stored = json.loads(
+        (workdir / "kaggle" / PLANET.slug / "_private/submissions.json").read_text()
+    )
+    assert len(stored) == 1  # the local server saw one submission over both runs
+
+    states = _task_states_since(since)
+    for name in ("train stage", "predict", "fit thresholds", "write submission", "resize"):
+        assert states.get(name) and set(states[name]) == {"Cached"}, (name, states)
+
+
+def _task_states_since(since) -> dict[str, list[str]]:
+    from prefect import get_client
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        if r.expected_start_time and r.expected_start_time >= since:
+            out.setdefault(_task_name(r.name), []).append(r.state.name)
+    return out
+
+
+def _task_name(run_name: str) -> str:
+    """The task's name from a task run's name ("train stage" from "stage 1: 32px ...")."""
+    for prefix, name in (
+        ("stage ", "train stage"),
+        ("predict ", "predict"),
+        ("resize ", "resize"),
+        ("fit thresholds", "fit thresholds"),
+        ("write submission", "write submission"),
+    ):
+        if run_name.startswith(prefix):
+            return name
+    return run_name
