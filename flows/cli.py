@@ -3,6 +3,7 @@
     planet synth COMPETITION --root ROOT [--train N] [--test N] [--additional N] [--seed S]
     planet kaggle-local --root ROOT [--host 127.0.0.1] [--port P]
     planet demo [--competition SLUG] [--workdir DIR] [--kaggle-root ROOT]
+    planet server [--home .prefect] [--host 127.0.0.1] [--port 4200]
     planet run [--competition SLUG] [--data-dir DIR] [--stages STAGE ...] [--recipe NAME|FILE]
                [--device auto|cpu|cuda] [--submit]
 
@@ -93,14 +94,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if summary.get(key) is not None:
             print(f"{key}: {summary[key]:.4f}")
     print(f"submission: {summary.get('submission')}")
+    from flows.server import flow_run_url
+
+    url = flow_run_url(summary.get("flow_run_id") or "")
+    print(
+        f"flow run: {url}"
+        if url
+        else "flow run: (ephemeral Prefect; start `planet server` to keep runs)"
+    )
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
-def load_recipe(value: str):
-    """A built-in recipe name, or a JSON/YAML file holding a recipe."""
+def load_recipe(value: str | None):
+    """A built-in recipe name, or a JSON/YAML file holding a recipe (None: the default)."""
     from planet.recipe import RECIPES, Recipe, named_recipe
 
+    if value is None:
+        return None
     if value in RECIPES:
         return named_recipe(value)
     path = Path(value)
@@ -139,6 +150,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = pipeline(config)
     print(json.dumps(summary, sort_keys=True))
     return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows.server import run_server
+
+    return run_server(Path(args.home), host=args.host, port=args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recipe",
-        default="cpu-demo",
-        help="built-in recipe (cpu-demo, lesson3) or a recipe .json/.yaml file",
+        default=None,
+        help="built-in recipe or a recipe .json/.yaml file (default: the competition's "
+        "CPU demo recipe, cpu-demo)",
     )
     p.add_argument(
         "--stages",
@@ -234,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", type=int, default=None, help="resize to these sizes too")
     p.add_argument(
         "--recipe",
-        default="lesson3",
-        help="built-in recipe (lesson3, cpu-demo) or a recipe .json/.yaml file",
+        default=None,
+        help="built-in recipe (lesson3, dogs-vgg16, cpu-demo) or a recipe .json/.yaml file "
+        "(default: the competition's: lesson3 for Planet, dogs-vgg16 for Dogs vs Cats)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--no-tta", action="store_true", help="predict without TTA")
@@ -250,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="scheduler of an existing Dask cluster (default: a LocalCluster on this machine)",
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "server",
+        help="start a local Prefect server (UI + API) for this project",
+        description="Run `prefect server start` with its SQLite database under --home, bound "
+        "to 127.0.0.1, analytics off. Set PREFECT_SERVER_API_AUTH_STRING=user:password for "
+        "basic auth (clients then set PREFECT_API_AUTH_STRING). Other shells use it with "
+        "PREFECT_API_URL=http://127.0.0.1:PORT/api.",
+    )
+    p.add_argument("--home", default=".prefect", help="PREFECT_HOME (default ./.prefect)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=4200, help="port (default 4200)")
+    p.set_defaults(func=cmd_server)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from planet.competitions import Competition, resolve
-from planet.recipe import Recipe, lesson3
+from planet.recipe import Recipe, named_recipe
 
 
 class StageConfig(BaseModel):
@@ -108,10 +108,23 @@ class ResizeConfig(StageConfig):
         return sorted(set(self.sizes) | set(extra))
 
 
-class TrainConfig(StageConfig):
+class RecipeConfig(StageConfig):
+    """A stage config naming the recipe (by default the competition's own)."""
+
+    recipe: Recipe | None = Field(
+        None, description="Backbone and training stages; empty = the competition's default."
+    )
+
+    @model_validator(mode="after")
+    def _default_recipe(self) -> RecipeConfig:
+        if self.recipe is None:
+            self.recipe = named_recipe(self.spec.default_recipe)
+        return self
+
+
+class TrainConfig(RecipeConfig):
     """The recipe to train and where it runs."""
 
-    recipe: Recipe = Field(default_factory=lesson3, description="Backbone and training stages.")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
     compile_model: bool = Field(False, description="torch.compile the model (CUDA; slow start).")
@@ -124,10 +137,9 @@ class TrainConfig(StageConfig):
         return value
 
 
-class PredictConfig(StageConfig):
+class PredictConfig(RecipeConfig):
     """Which trained model predicts, and how (TTA)."""
 
-    recipe: Recipe = Field(default_factory=lesson3, description="The recipe that was trained.")
     tta: bool = Field(True, description="Average the 8 symmetries of the square.")
     beta: float | None = Field(
         None, ge=0.0, le=1.0, description="fast.ai's TTA mix: weight of the plain prediction."
@@ -136,10 +148,9 @@ class PredictConfig(StageConfig):
     batch_size: int = Field(64, ge=1, le=4096, description="Images per inference batch.")
 
 
-class SubmitConfig(StageConfig):
+class SubmitConfig(RecipeConfig):
     """Whether and where the submission file is submitted."""
 
-    recipe: Recipe = Field(default_factory=lesson3, description="The recipe that was trained.")
     submit: bool = Field(
         False,
         description="Submit to Kaggle: this spends one of the competition's daily submissions.",
@@ -158,7 +169,7 @@ PipelineStage = Literal[
 ]
 
 
-class PipelineConfig(StageConfig):
+class PipelineConfig(RecipeConfig):
     """Everything the pipeline needs, in one form; `stages` picks a subset to run."""
 
     stages: list[PipelineStage] = Field(
@@ -180,7 +191,6 @@ class PipelineConfig(StageConfig):
         None, description="Sizes to pre-resize to besides the recipe's own."
     )
     dask_address: str | None = Field(None, description="An existing Dask scheduler; empty = local.")
-    recipe: Recipe = Field(default_factory=lesson3, description="Backbone and training stages.")
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
     tta: bool = Field(True, description="Average the 8 symmetries of the square at test time.")

@@ -19,7 +19,7 @@ from typing import Any
 from planet import synthetic
 from planet.competitions import resolve
 from planet.fileio import read_json
-from planet.recipe import Recipe, cpu_demo
+from planet.recipe import Recipe, named_recipe
 
 DEMO_USER = "planet-demo"
 
@@ -101,7 +101,7 @@ def run_demo(
             competition=slug,
             data_dir=str(workdir / "data"),
             kaggle_endpoint=server.url,
-            recipe=recipe or cpu_demo(),
+            recipe=recipe or named_recipe(resolve(slug).demo_recipe),
             device="cpu",
             submit=True,
             submit_timeout_s=120,

@@ -1,7 +1,15 @@
-"""What each supported Kaggle competition is made of: its files, splits, classes and metric.
+"""What each supported Kaggle competition is made of: one `Competition` object per competition.
+
+A spec says everything the pipeline needs and the flows take only the slug: which Kaggle files
+to fetch and how to extract them (`files`), where labels come from (`labels`: the tags column
+of a CSV, or the first dot-separated part of each file name), the task (multi-label: sigmoid,
+BCE, thresholds; single-label: softmax, cross-entropy, a probability clip), the metric, the
+submission's columns (and for a single-label probability submission, the class whose
+probability is written), and the default recipes (`planet.recipe.RECIPES`).
 
 A competition is named by its Kaggle slug; short aliases (`planet`, `dogs-vs-cats`) are
-accepted wherever a competition is named (`resolve`).
+accepted wherever a competition is named (`resolve`). Adding a third is one more instance in
+`COMPETITIONS` (see the README's "Adding a competition").
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ class Competition:
     files: tuple[DataFile, ...]
     metric: Literal["mean_f2", "log_loss"]
     submission_columns: tuple[str, str]
+    labels: Literal["csv_tags", "file_names"] = "csv_tags"
+    positive_class: str | None = None  # single-label: the class whose probability is submitted
+    default_recipe: str = "lesson3"  # a name in planet.recipe.RECIPES
+    demo_recipe: str = "cpu-demo"  # what `planet demo` trains on the CPU
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -131,6 +143,9 @@ DOGS_VS_CATS = Competition(
     ),
     metric="log_loss",
     submission_columns=("id", "label"),
+    labels="file_names",
+    positive_class="dog",
+    default_recipe="dogs-vgg16",
     extra={"real_sizes": {"train": 25000, "test": 12500}},
 )
 

@@ -129,9 +129,11 @@ def load_labels(
     """The labels of the train images `image_names`, checked both ways: every image has a row
     and every row has an image. Rows come in the labels file's order (fast.ai splits in that
     order), or in the given order when names are the labels; `.take(names)` reorders."""
+    if comp.labels == "file_names":
+        return labels_from_names(image_names, comp.classes)
     labels_files = [f for f in comp.files if f.kind == "labels"]
     if not labels_files:
-        return labels_from_names(image_names, comp.classes)
+        raise LabelError(f"{comp.slug} reads labels from a CSV but lists no labels file")
     csv_path = Path(tables_dir) / str(labels_files[0].table_name)
     if not csv_path.is_file():
         raise LabelError(f"{csv_path} not found: run the prepare stage (fetch + extract) first")

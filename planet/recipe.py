@@ -226,7 +226,23 @@ def cpu_demo() -> Recipe:
     )
 
 
-RECIPES = {"lesson3": lesson3, "cpu-demo": cpu_demo}
+def dogs_vgg16() -> Recipe:
+    """The Dogs vs Cats seed (lesson 1): vgg16 at 224 px, the head first, then everything with
+    differential rates. The seed's old fast.ai steps (SGD at 0.1 with restarts, precomputed
+    activations) become one-cycle AdamW stages at the rates AdamW wants: the head at
+    `slice(1e-2)` for 3 epochs, then all layers at `slice(1e-5, 1e-3)` (the seed's
+    [1e-5, 1e-4, 1e-3]) for 3."""
+    return Recipe(
+        name="dogs-vgg16",
+        arch="vgg16",
+        stages=[
+            TrainStage(size=224, frozen=True, epochs=3, lr="slice(1e-2)", lr_find=True),
+            TrainStage(size=224, frozen=False, epochs=3, lr="slice(1e-5, 1e-3)"),
+        ],
+    )
+
+
+RECIPES = {"lesson3": lesson3, "cpu-demo": cpu_demo, "dogs-vgg16": dogs_vgg16}
 
 
 def named_recipe(name: str) -> Recipe:

@@ -255,6 +255,6 @@ def make_submission(
         if p.ndim == 2:
             if p.shape[1] != len(comp.classes):
                 raise SubmissionError(f"expected (n, {len(comp.classes)}) probabilities")
-            p = p[:, comp.classes.index("dog")]
+            p = p[:, comp.classes.index(comp.positive_class or comp.classes[-1])]
         rows = dogs_rows(names, p, clip)
     return write_submission(path, comp.submission_columns, rows, keys)

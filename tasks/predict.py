@@ -203,8 +203,8 @@ def fit_thresholds(
         )
         default, tuned = report["fixed"]["f2"], report["per_class"]["f2"]
     else:
-        p_dog = probs[:, list(classes).index("dog")] if "dog" in classes else probs[:, 1]
-        report = thresholds.clip_report(p_dog, truth == 1)
+        positive = list(classes).index(comp.positive_class or classes[-1])
+        report = thresholds.clip_report(probs[:, positive], truth == positive)
         write_json_atomic(path, {"kind": "clip", **report})
         logger.info(
             "validation log loss %.4f, %.4f with probabilities clipped to [%g, %g]",

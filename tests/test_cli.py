@@ -15,7 +15,7 @@ from planet import shards
 from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.layout import CompetitionDirs
 
-COMMANDS = ["synth", "kaggle-local", "demo", "run"]
+COMMANDS = ["synth", "kaggle-local", "demo", "run", "server"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
