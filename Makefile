@@ -33,3 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/resize.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/cached_rerun.py

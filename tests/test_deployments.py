@@ -31,3 +31,21 @@ def test_deployment_entrypoint_and_parameters(deployment):
     model = next(name for name in schema["definitions"] if name in config_ref)
     assert model.endswith("Config")  # the UI renders the typed form
     assert "competition" in str(schema["definitions"][model]["properties"])
+
+
+def test_serve_entry_point_builds_one_deployment_per_stage():
+    from flows.serve import served_deployments
+
+    deployments = served_deployments(cron="0 2 * * 6")
+    names = {d.name for d in deployments}
+    assert names == {
+        "pipeline-served",
+        "prepare-served",
+        "resize-served",
+        "train-served",
+        "predict-served",
+        "submit-served",
+    }
+    pipeline = next(d for d in deployments if d.name == "pipeline-served")
+    assert pipeline.schedules and pipeline.schedules[0].schedule.cron == "0 2 * * 6"
+    assert pipeline.flow_name == "pipeline" and pipeline.entrypoint.endswith("pipeline.py:pipeline")

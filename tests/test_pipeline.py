@@ -115,8 +115,36 @@ def _task_name(run_name: str) -> str:
         ("predict ", "predict"),
         ("resize ", "resize"),
         ("fit thresholds", "fit thresholds"),
+        ("validation split", "validation split"),
         ("write submission", "write submission"),
     ):
         if run_name.startswith(prefix):
             return name
     return run_name
+
+
+def test_a_failed_train_stage_reruns_alone_and_resumes(demo_run, monkeypatch, tmp_path):
+    from flows.demo import run_demo
+    from planet import stages
+
+    workdir, _ = demo_run
+    recipe = TINY.model_copy(update={"name": "tiny-fault"})
+    monkeypatch.setenv("PLANET_FAULT", "train-epoch-1=raise")
+    monkeypatch.setenv("PLANET_FAULT_ONCE", str(tmp_path / "fired"))
+    failed_at = datetime.now(UTC)
+    with pytest.raises(Exception, match="fault injected at train-epoch-1"):
+        run_demo("planet", workdir, train=200, test=60, additional=20, seed=3, recipe=recipe)
+    failed = _task_states_since(failed_at)
+    assert failed["train stage"] == ["Failed"]
+    assert "predict" not in failed  # the pipeline stopped at the failed stage
+
+    since = datetime.now(UTC)
+    done = run_demo("planet", workdir, train=200, test=60, additional=20, seed=3, recipe=recipe)
+    states = _task_states_since(since)
+    for name in ("resize", "validation split"):
+        assert set(states[name]) == {"Cached"}, (name, states)
+    assert states["train stage"] == ["Completed", "Completed"]  # stage 1 resumed, stage 2 new
+    out = stages.models_dir(workdir / "data", PLANET.slug, recipe)
+    record = json.loads((out / "stage-1.json").read_text())
+    assert record["resumed_from_epoch"] == 1 and record["epochs_run"] == 1
+    assert done["score"] is not None and done["recipe"] == recipe.run_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,70 @@ def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     assert states["resize test to 64px"] == "Completed"
     assert states["resize train to 64px"] == "Cached"
     assert third.result()["sized"]["64"]["test"]["count"] == SIZES["test"]
+
+
+def test_resize_runs_on_a_separate_scheduler_and_worker_processes(prepared, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client
+
+    from flows.resize import resize
+
+    def _executed(dask_worker) -> int:  # nested: pickled by value for the workers
+        """Tasks this worker ran (transitions into `executing` in its state log)."""
+        return sum(1 for e in dask_worker.state.log if len(e) > 2 and e[2] == "executing")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dask = str(Path(sys.executable).with_name("dask"))
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
+    try:
+        time.sleep(2)
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+            pids = client.run(os.getpid)
+            assert len(pids) == 2 and os.getpid() not in pids.values()
+            before = sum(client.run(_executed).values())
+            summary = resize(
+                ResizeConfig(
+                    competition="planet",
+                    data_dir=str(prepared),
+                    sizes=[48],
+                    dask_address=address,
+                )
+            )
+            assert {k: v["count"] for k, v in summary["sized"]["48"].items()} == {
+                "train": SIZES["train"],
+                "test": SIZES["test"],
+                "test-additional": SIZES["additional"],
+            }
+            shards_made = sum(v["shards"] for v in summary["sized"]["48"].values())
+            ran = sum(client.run(_executed).values()) - before
+            assert ran >= shards_made  # the external workers resized every shard
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)

@@ -210,3 +210,75 @@ def test_the_flow_run_page_shows_the_stages_state_and_metrics_in_chromium(tmp_pa
             page.screenshot(path=str(ARTIFACTS / "metrics-artifact.png"), full_page=True)
             browser.close()
         assert (ARTIFACTS / "flow-run.png").stat().st_size > 10_000
+
+
+def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
+    """prefect deploy --all (deployments/prefect.yaml), a process worker, then a deployment
+    run of the train stage on a toy data set, watched to completion."""
+    import json
+
+    from flows.config import TrainConfig
+    from planet.competitions import PLANET
+    from planet.stages import models_dir
+    from tests.toy import make_toy_planet
+
+    data_dir = tmp_path / "data"
+    make_toy_planet(data_dir, n=64, sizes=(32,))
+    recipe = {
+        "name": "deployed",
+        "arch": "resnet18",
+        "pretrained": False,
+        "stages": [{"size": 32, "frozen": False, "epochs": 1, "lr": "1e-3", "batch_size": 8}],
+    }
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with planet_server(tmp_path / "home") as url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {
+            "PREFECT_API_URL": f"{url}/api",
+            "PREFECT_HOME": str(tmp_path / "client"),
+            "PLANET_PIPELINE_DIR": str(ROOT),
+        }
+
+        def prefect_cli(*args: str, timeout: int = 300) -> str:
+            done = subprocess.run(
+                [prefect, "--no-prompt", *args],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+            return done.stdout
+
+        prefect_cli("work-pool", "create", "planet-process", "--type", "process")
+        out = prefect_cli("deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+        for name in ("pipeline/pipeline", "train/train", "predict/predict", "submit/submit"):
+            assert name in out, out[-2000:]
+        worker = subprocess.Popen(
+            [prefect, "worker", "start", "--pool", "planet-process"],
+            cwd=tmp_path,
+            env=env,
+            stdout=(tmp_path / "worker.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            config = {"competition": "planet", "data_dir": str(data_dir), "recipe": recipe}
+            out = prefect_cli(
+                "deployment",
+                "run",
+                "train/train",
+                "-p",
+                f"config={json.dumps(config)}",
+                "--watch",
+                "--watch-timeout",
+                "400",
+                timeout=450,
+            )
+            assert "Completed" in out, out[-2000:]
+        finally:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=60)
+    trained = TrainConfig(competition="planet", data_dir=str(data_dir), recipe=recipe).recipe
+    assert (models_dir(data_dir, PLANET.slug, trained) / "export.pt").is_file()
