@@ -13,9 +13,11 @@ Prefect and the kaggle client are imported only by the commands that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from flows.config import PIPELINE_STAGES
@@ -292,6 +294,22 @@ def prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+@contextlib.contextmanager
+def cli_flow_settings(command: str) -> Iterator[None]:
+    """Flow runs started by `planet demo`/`planet run` send no heartbeats. Prefect 3.8 spends
+    up to a second ending each flow run joining its heartbeat thread (it sleeps in 1 s steps):
+    8 of the pipeline's ~20 s when everything is Cached. Heartbeats serve the server's
+    crashed-run detection for runs whose process is gone; a CLI run's process reports its own
+    failures, and deployment runs started by workers keep Prefect's default."""
+    if command not in ("demo", "run"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefect_defaults()
@@ -299,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     from planet.kaggle import KaggleError
 
     try:
-        return args.func(args)
+        with cli_flow_settings(args.command):
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -242,22 +242,6 @@ def read_images(folder: str | Path) -> ImageData:
     )
 
 
-def read_labels(folder: str | Path) -> tuple[list[str], np.ndarray | None]:
-    """The names and labels of a sized shard folder without its pixels (for scoring)."""
-    folder = Path(folder)
-    manifest = read_sized_manifest(folder)
-    names: list[str] = []
-    labels: list[np.ndarray] = []
-    for rec in manifest["shards"]:
-        table = pq.read_table(folder / rec["name"], columns=["image_name", "label"])
-        names.extend(table.column("image_name").to_pylist())
-        col = table.column("label")
-        lab = _labels_array(col, _label_kind(manifest, col.type))
-        if lab is not None:
-            labels.append(lab)
-    return names, (np.concatenate(labels) if labels else None)
-
-
 # ---------------------------------------------------------------------------------------------
 # Augmentation: per-sample draws, batched tensor ops
 

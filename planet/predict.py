@@ -80,15 +80,12 @@ import math
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch import nn
 
-from planet.data import IMAGENET_MEAN, IMAGENET_STD, Loader, dihedral, read_images
 from planet.faults import fault_point
 from planet.fileio import (
     atomic_path,
@@ -101,6 +98,11 @@ from planet.fileio import (
 )
 from planet.layout import MANIFEST
 from planet.resize import read_sized_manifest
+from planet.show import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks
+    import torch
+    from torch import nn
 
 Task = Literal["multi_label", "single_label"]
 TASKS: tuple[str, ...] = ("multi_label", "single_label")
@@ -139,12 +141,16 @@ def _check_beta(beta: float | None, tta: bool) -> float | None:
 
 
 def _activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    import torch
+
     """float32 probabilities from logits: sigmoid (multi_label) or softmax over dim 1."""
     logits = logits.float()
     return torch.sigmoid(logits) if task == "multi_label" else torch.softmax(logits, dim=1)
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
     """bf16 autocast on a CUDA device that supports it, else nothing."""
     if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -174,6 +180,10 @@ def predict_probs(
     Without `tta`: activation(model(x)). With `tta`: the mean over the 8 symmetries
     `dihedral(x, k)` of activation(model(view)); with `beta` as well:
     `beta * p_0 + (1 - beta) * mean(p_1..p_7)` (fast.ai v1's mix; see the module doc)."""
+    import torch
+
+    from planet.data import dihedral
+
     _check_task(task)
     beta = _check_beta(beta, tta)
     with torch.no_grad(), _eval_mode(model), _autocast(images.device):
@@ -191,6 +201,8 @@ def predict_probs(
 def state_dict_sha256(model: nn.Module) -> str:
     """A fingerprint of a model's state (every entry's name, dtype, shape and bytes), for
     `settings` when there is no bundle file to hash."""
+    import torch
+
     h = hashlib.sha256()
     for name, value in model.state_dict().items():
         t = value.detach().to("cpu").contiguous()
@@ -374,6 +386,10 @@ def predict_split(
     beta = _check_beta(beta, tta)
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be >= 1")
+    import torch
+
+    from planet.data import Loader, read_images
+
     device = torch.device(device)
     sized = read_sized_manifest(folder)
     if select is not None:

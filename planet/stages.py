@@ -28,27 +28,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from planet import plots
 from planet.competitions import Competition, resolve
-from planet.data import IMAGENET_MEAN, IMAGENET_STD, Augment, ImageData, Loader, read_images
 from planet.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
 from planet.layout import CompetitionDirs
-from planet.lr_finder import LRFinderResult, lr_find
-from planet.model import create_model, export_bundle, hub_candidates, load_bundle
 from planet.recipe import Recipe
 from planet.resize import read_sized_manifest
 from planet.split import Split, read_split
-from planet.train import (
-    BatchCallback,
-    EpochCallback,
-    fit_one_cycle,
-    history_table,
-    resolve_device,
-)
+from planet.weights import hub_file_candidates
+
+if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage really trains:
+    # the cached path (fingerprints, completeness checks) stays light (~6 s of imports less)
+    import torch
+
+    from planet.data import ImageData, Loader
+    from planet.lr_finder import LRFinderResult
+    from planet.train import BatchCallback, EpochCallback
 
 CODE_VERSION = "1"
 SPLIT_FILE = "split.parquet"
@@ -68,6 +64,18 @@ class TrainData:
     train_names: list[str]
     valid_names: list[str]
     fingerprint: str
+
+
+def history_table(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history without per-batch losses, numbers rounded: for tables and logs."""
+    return [
+        {
+            k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if k != "batch_losses"
+        }
+        for row in history
+    ]
 
 
 def models_dir(data_dir: str | Path, slug: str, recipe: Recipe) -> Path:
@@ -107,6 +115,8 @@ def data_fingerprint(data_dir: str | Path, slug: str, size: int) -> str:
 def load_train_data(data_dir: str | Path, slug: str, size: int) -> TrainData:
     """The size's train images with the split's selections (images the resize left out as
     unreadable are dropped from them)."""
+    from planet.data import read_images
+
     fingerprint = data_fingerprint(data_dir, slug, size)
     images = read_images(CompetitionDirs.of(data_dir, slug).sized_shards(size, "train"))
     split = read_split_file(data_dir, slug)
@@ -127,7 +137,7 @@ def init_fingerprint(recipe: Recipe) -> dict[str, Any] | None:
         path = Path(recipe.weights_path).expanduser()
         return {"file": path.name, "bytes": path.stat().st_size if path.is_file() else None}
     if recipe.pretrained:
-        for path in hub_candidates(recipe.arch):
+        for path in hub_file_candidates(recipe.arch):
             if path.is_file():
                 return {"file": path.name, "bytes": path.stat().st_size}
     return None
@@ -177,6 +187,9 @@ def _finder(
 ) -> LRFinderResult:
     """The LR finder's sweep for this stage, reused from lr_find-<i>.json when it was already
     run for the same fingerprint (a resumed stage does not sweep again)."""
+    from planet import plots
+    from planet.lr_finder import LRFinderResult, lr_find
+
     path = out_dir / f"lr_find-{index + 1}.json"
     try:
         saved = read_json(path)
@@ -218,6 +231,13 @@ def run_stage(
 ) -> dict[str, Any]:
     """Train stage `index` of `recipe` from `previous` (a stage bundle; None: the backbone's
     initial weights); returns the stage's record (also written as stage-<i>.json)."""
+    import torch
+
+    from planet import plots
+    from planet.data import IMAGENET_MEAN, IMAGENET_STD, Augment, Loader
+    from planet.model import create_model, export_bundle, load_bundle
+    from planet.train import fit_one_cycle, resolve_device
+
     comp = competition if isinstance(competition, Competition) else resolve(competition)
     if not 0 <= index < len(recipe.stages):
         raise StageError(f"stage {index + 1} asked for; the recipe has {len(recipe.stages)}")

@@ -346,17 +346,3 @@ def preserved(model: nn.Module) -> Iterator[None]:
         model.load_state_dict(saved)
         model.train(mode)
         _set_rng_state(rng)
-
-
-def history_table(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The history without per-batch losses, numbers rounded: for tables and logs."""
-    rows = []
-    for row in history:
-        rows.append(
-            {
-                k: (round(v, 6) if isinstance(v, float) else v)
-                for k, v in row.items()
-                if k != "batch_losses"
-            }
-        )
-    return rows

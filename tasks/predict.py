@@ -12,21 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from planet import plots, predict, submission, thresholds
+from planet import predict, submission, thresholds
 from planet.competitions import resolve
-from planet.data import read_labels
 from planet.fileio import read_json, sha256_file, sha256_json, write_json_atomic
 from planet.layout import CompetitionDirs
-from planet.model import load_bundle
-from planet.resize import read_sized_manifest
+from planet.resize import read_labels, read_sized_manifest
 from planet.show import png_data_uri
 from planet.split import read_split
-from planet.train import resolve_device
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 
@@ -80,6 +76,11 @@ def predict_split(
 ) -> dict[str, Any]:
     """Probabilities of a split (`valid`: the validation images of the train shards) with the
     exported model, averaged over the 8 symmetries of the square."""
+    import torch
+
+    from planet.model import load_bundle
+    from planet.train import resolve_device
+
     dirs = CompetitionDirs.of(data_dir, slug)
     loaded = load_bundle(dirs.root / bundle, device=resolve_device(device))
     image_split = "train" if split_name == VALID else split_name
@@ -225,6 +226,8 @@ def fit_thresholds(
 
 
 def _threshold_artifacts(slug: str, run: str, report: dict[str, Any]) -> None:
+    from planet import plots
+
     classes = report["classes"]
     per_class = report["per_class"]["thresholds"]
     create_table_artifact(

@@ -22,11 +22,8 @@ from prefect.logging import get_run_logger
 
 from planet import stages
 from planet.competitions import resolve
-from planet.lr_finder import LRFinderResult
-from planet.model import PretrainedWeightsMissing
 from planet.recipe import Recipe
 from planet.show import png_data_uri
-from planet.train import history_table
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 
@@ -61,6 +58,9 @@ def train_stage(
     compile_model: bool = False,
 ) -> dict[str, Any]:
     """fast.ai's `fit_one_cycle` for one stage of the recipe (resuming from a checkpoint)."""
+    from planet.lr_finder import LRFinderResult
+    from planet.model import PretrainedWeightsMissing
+
     logger = get_run_logger()
     out_dir = stages.models_dir(data_dir, slug, recipe)
     progress = Progress(f"stage {index_1}: {describe}", unit="batches", min_interval_s=5.0)
@@ -121,7 +121,7 @@ def train_stage(
         )
     create_table_artifact(
         key=artifact_key(slug, recipe.name, f"stage-{index_1}-metrics"),
-        table=history_table(record["history"]),
+        table=stages.history_table(record["history"]),
         description=f"stage {index_1} ({describe}): metrics per epoch",
     )
     create_markdown_artifact(

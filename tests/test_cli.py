@@ -208,3 +208,16 @@ def test_bad_input_is_one_clear_line_not_a_traceback(tmp_path, capsys):
     assert err.startswith("planet demo: error:") and str(missing) in err
     assert "Traceback" not in err and "planet synth" in err
     assert not (tmp_path / "data").exists()
+
+
+def test_the_flows_import_without_torch_or_matplotlib():
+    """A cached rerun never trains or plots: importing the flows must not pay for torch,
+    torchvision (~5 s per process here) or matplotlib; they load when a stage really runs."""
+    code = (
+        "import sys, flows.cli, flows.pipeline, flows.serve\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

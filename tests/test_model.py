@@ -257,3 +257,13 @@ def test_unknown_arch() -> None:
     with pytest.raises(ValueError, match="resnet34") as exc:
         create_model("resnet9000", 3, pretrained=False)
     assert all(name in str(exc.value) for name in ARCHS)
+
+
+def test_the_light_weights_table_matches_torchvision(monkeypatch, tmp_path):
+    from planet import model as model_mod
+    from planet.weights import HUB_FILES, hub_file_candidates
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert set(HUB_FILES) == set(model_mod.ARCHS)
+    for arch in model_mod.ARCHS:
+        assert hub_file_candidates(arch) == model_mod.hub_candidates(arch), arch

@@ -532,3 +532,17 @@ def test_local_cluster_starts_and_stops() -> None:
         assert (link is not None) == has_bokeh
         cluster = client.cluster
     assert cluster.status.name == "closed"
+
+
+def test_a_local_cluster_leaves_this_process_thread_settings_alone(monkeypatch):
+    """distributed's nannies set OMP_NUM_THREADS=1 here; torch imported afterwards would train
+    on one thread. dask_client puts the environment back."""
+    import os
+
+    for key in resize.THREAD_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with resize.dask_client(None, n_workers=1) as client:
+        assert client.run(lambda: os.environ.get("OMP_NUM_THREADS"))  # the workers keep theirs
+        assert "OMP_NUM_THREADS" not in os.environ
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
