@@ -47,17 +47,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from synthetic_data import original_shards
 
-from planet import shards
-from planet.competitions import PLANET, PLANET_WEATHER_TAGS
+from planet.competitions import PLANET_WEATHER_TAGS
 from planet.data import Augment, Loader, read_images
-from planet.labels import LabelTable
 from planet.resize import resize_split
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,
-    make_texture_bank,
-    render_jpeg,
-    sample_labels,
 )
 
 CACHE_VERSION = 1
@@ -68,38 +64,16 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def build(n: int, size: int, cache: Path) -> tuple[Path, Path]:
     """The cached ImageFolder root and sized shard folder for `n` synthetic images."""
     root = cache / f"v{CACHE_VERSION}-{n}"
-    folder_root, original, sized = root / "jpeg", root / "original", root / str(size)
-    if not (original / "manifest.json").is_file():
-        print(f"building {n:,} synthetic Planet JPEGs under {root} ...", flush=True)
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(2017)
-        bank = make_texture_bank(rng)
-        labels = sample_labels(n, rng)
-        names = [f"train_{i}" for i in range(n)]
-        jpegs = [render_jpeg(labels[i], rng, bank) for i in range(n)]
+    folder_root, sized = root / "jpeg", root / str(size)
+
+    def write_folder(names: list[str], labels: np.ndarray, jpegs: list[bytes]) -> None:
         for name, row, data in zip(names, labels, jpegs, strict=True):
             weather = next(t for t in PLANET_WEATHER_TAGS if row[CLASS_INDEX[t]])
             path = folder_root / weather / f"{name}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        records = []
-        for i in range(0, n, SHARD_ROWS):
-            table = shards.image_table(names[i : i + SHARD_ROWS], jpegs[i : i + SHARD_ROWS])
-            records.append(shards.write_shard(original / shards.shard_name(len(records)), table))
-        np.save(root / "labels.npy", labels.astype(np.uint8))
-        shards.write_manifest(
-            original,
-            {
-                "format": shards.FORMAT,
-                "format_version": shards.FORMAT_VERSION,
-                "split": "train",
-                "count": n,
-                "shards": records,
-            },
-        )
-        print(f"built in {time.perf_counter() - t0:.1f} s")
-    labels = np.load(root / "labels.npy")
-    table = LabelTable([f"train_{i}" for i in range(n)], labels, "multi_hot", PLANET.classes)
+
+    original, table = original_shards(root, n, write_folder)
     t0 = time.perf_counter()
     resize_split(original, sized, size, table)  # returns at once when already complete
     print(f"sized shards: {sized} ({time.perf_counter() - t0:.1f} s)")

@@ -68,18 +68,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from synthetic_data import original_shards
 
-from planet import shards
 from planet.competitions import PLANET, PLANET_WEATHER_TAGS
 from planet.data import IMAGENET_MEAN, IMAGENET_STD, Augment, Loader, read_images
-from planet.labels import LabelTable
 from planet.model import create_model
 from planet.resize import resize_split
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,
-    make_texture_bank,
-    render_jpeg,
-    sample_labels,
 )
 from planet.train import _train_step, loss_function, make_optimizer, resolve_device
 
@@ -97,34 +93,7 @@ MODEL_SEED = 0
 def build(n: int, sizes: list[int], cache: Path) -> dict[int, tuple[Path, Path]]:
     """The cached (sized shard folder, ImageFolder root) per size for `n` synthetic images."""
     root = cache / f"v{CACHE_VERSION}-{n}"
-    original = root / "original"
-    names = [f"train_{i}" for i in range(n)]
-    if not (original / "manifest.json").is_file():
-        print(f"building {n:,} synthetic Planet JPEGs under {root} ...", flush=True)
-        t0 = time.perf_counter()
-        shutil.rmtree(root, ignore_errors=True)
-        rng = np.random.default_rng(2017)
-        bank = make_texture_bank(rng)
-        labels = sample_labels(n, rng)
-        jpegs = [render_jpeg(labels[i], rng, bank) for i in range(n)]
-        records = []
-        for i in range(0, n, SHARD_ROWS):
-            table = shards.image_table(names[i : i + SHARD_ROWS], jpegs[i : i + SHARD_ROWS])
-            records.append(shards.write_shard(original / shards.shard_name(len(records)), table))
-        np.save(root / "labels.npy", labels.astype(np.uint8))
-        shards.write_manifest(
-            original,
-            {
-                "format": shards.FORMAT,
-                "format_version": shards.FORMAT_VERSION,
-                "split": "train",
-                "count": n,
-                "shards": records,
-            },
-        )
-        print(f"built in {time.perf_counter() - t0:.1f} s")
-    labels = np.load(root / "labels.npy")
-    table = LabelTable(names, labels, "multi_hot", PLANET.classes)
+    original, table = original_shards(root, n)
     weather = [CLASS_INDEX[t] for t in PLANET_WEATHER_TAGS]
     out: dict[int, tuple[Path, Path]] = {}
     for size in sizes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -163,10 +163,10 @@ class SubmitConfig(RecipeConfig):
     poll_interval_s: float = Field(5.0, gt=0.0, description="Seconds between status polls.")
 
 
-PIPELINE_STAGES = ("prepare", "resize", "train", "predict", "thresholds", "submission", "submit")
 PipelineStage = Literal[
     "prepare", "resize", "train", "predict", "thresholds", "submission", "submit"
 ]
+PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)
 
 
 class PipelineConfig(RecipeConfig):

@@ -221,3 +221,18 @@ def test_the_flows_import_without_torch_or_matplotlib():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_an_unknown_recipe_is_one_clear_line(tmp_path, capsys):
+    assert cli.main(["run", "--data-dir", str(tmp_path), "--recipe", "no-such-recipe"]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-recipe" in err and "lesson3" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_predicting_before_training_names_the_missing_model(prefect_api, tmp_path, capsys):
+    args = ["run", "--data-dir", str(tmp_path), "--stages", "predict", "--recipe", "cpu-demo"]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert "export.pt does not exist" in err and "train" in err and "cpu-demo" in err
