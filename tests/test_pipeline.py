@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -99,8 +100,13 @@ def _task_states_since(since) -> dict[str, list[str]]:
     from prefect import get_client
     from prefect.client.schemas.sorting import TaskRunSort
 
+    deadline = time.monotonic() + 30  # task run states arrive as events, a moment late
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+        while True:
+            runs = client.read_task_runs(sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=200)
+            if all(r.state is not None for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     out: dict[str, list[str]] = {}
     for r in runs:
         if r.expected_start_time and r.expected_start_time >= since:

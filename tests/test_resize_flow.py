@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,14 +63,21 @@ def _task_states(flow_state) -> dict[str, str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 
+    # Task run states reach the server as events, a moment after the flow returns: wait for
+    # every run to have one (under load one was once read without a state).
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
-            ),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            limit=200,
-        )
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])
+                ),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=200,
+            )
+            if all(r.state is not None for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     return {r.name: r.state.name for r in runs}
 
 
