@@ -34,3 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/cached_rerun.py
+	$(BIN)/python bench/reliability.py

@@ -146,6 +146,12 @@ class PredictConfig(RecipeConfig):
     )
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per inference batch.")
+    part_size: int = Field(
+        2048,
+        ge=1,
+        le=1_000_000,
+        description="Images per resumable part: a killed prediction redoes at most one part.",
+    )
 
 
 class SubmitConfig(RecipeConfig):
@@ -194,6 +200,9 @@ class PipelineConfig(RecipeConfig):
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
     tta: bool = Field(True, description="Average the 8 symmetries of the square at test time.")
+    part_size: int = Field(
+        2048, ge=1, le=1_000_000, description="Images per resumable prediction part."
+    )
     submit: bool = Field(
         False,
         description="Submit to Kaggle: this spends one of the competition's daily submissions.",
@@ -229,7 +238,13 @@ class PipelineConfig(RecipeConfig):
         )
 
     def predict_config(self) -> PredictConfig:
-        return PredictConfig(**self._common(), recipe=self.recipe, tta=self.tta, device=self.device)
+        return PredictConfig(
+            **self._common(),
+            recipe=self.recipe,
+            tta=self.tta,
+            device=self.device,
+            part_size=self.part_size,
+        )
 
     def submit_config(self) -> SubmitConfig:
         return SubmitConfig(

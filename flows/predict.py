@@ -65,6 +65,7 @@ def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
             beta=config.beta,
             device=config.device,
             batch_size=config.batch_size,
+            part_size=config.part_size,
         )
         for split_name in splits
     }

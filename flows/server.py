@@ -2,7 +2,8 @@
 
     planet server [--home .prefect] [--host 127.0.0.1] [--port 4200]
 
-It runs `prefect server start` with:
+It runs `prefect server start` (through flows.prefect_server: SQLite transactions that wait
+for the lock instead of answering 503) with:
 - `PREFECT_HOME` under the project (default `./.prefect`), so the default SQLite database
   (`<home>/prefect.db`), logs and results live with the project, not in `~/.prefect`;
 - the API and UI bound to 127.0.0.1 unless `--host` says otherwise (reachable from this machine
@@ -48,7 +49,7 @@ def server_command(host: str, port: int) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "prefect",
+        "flows.prefect_server",  # `prefect` with SQLite transactions that wait (see there)
         "server",
         "start",
         "--host",

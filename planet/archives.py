@@ -17,8 +17,11 @@ Member rules (every member is checked, whatever its name):
 - images are regular files named `<inner_dir>/<stem>.jpg` (or `.jpeg`, any case); the image
   name is the stem. A `.jpg` anywhere else (a sub-folder, another top folder) fails: the
   archive is not laid out like Kaggle's, so it is probably the wrong file. With a
-  `name_prefix` (Planet), every stem must start with it. The bytes must start with a JPEG
-  marker (`FF D8`);
+  `name_prefix` (Planet), every stem must start with it. The bytes are stored as they are,
+  even when they do not start with the JPEG marker (`FF D8`): one bad image is not a bad
+  archive. The resize stage, which decodes every image, leaves a train image it cannot decode
+  out and reports it, and fails naming a test one (`planet.resize`). Extraction counts such
+  images in the manifest (`not_jpeg`, with the first 20 image names) as an early warning;
 - skipped and counted in the manifest (`skipped`, with the first 20 names): directories, files that are not `.jpg`
   (`.DS_Store`, `Thumbs.db`, a README), hidden files (names starting with `.`, including
   macOS `._*` resource forks) and anything under `__MACOSX/`;
@@ -97,6 +100,7 @@ import py7zr
 from py7zr.io import Py7zIO, WriterFactory
 
 from planet.competitions import DataFile
+from planet.faults import fault_point, record_work
 from planet.fileio import (
     CHUNK,
     TMP_PREFIX,
@@ -167,12 +171,16 @@ def _safe_parts(archive: Path, member: str) -> list[str]:
     norm = member.replace("\\", "/")
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
         raise _member_error(
-            archive, member, "has an absolute path; refusing to extract an unsafe archive"
+            archive,
+            member,
+            "has an absolute path; refusing to extract an unsafe archive: " + _REDOWNLOAD,
         )
     parts = [p for p in norm.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise _member_error(
-            archive, member, "has a '..' path component; refusing to extract an unsafe archive"
+            archive,
+            member,
+            "has a '..' path component; refusing to extract an unsafe archive: " + _REDOWNLOAD,
         )
     return parts
 
@@ -197,7 +205,8 @@ def _classify(archive: Path, data_file: DataFile, member: str, kind: str) -> str
             archive,
             member,
             f"{_KIND_WORDS.get(kind, 'is not a regular file')}; image archives hold only "
-            "regular files, so this one is unsafe or not Kaggle's original: refusing to extract",
+            "regular files, so this one is unsafe or not Kaggle's original: refusing to extract "
+            "it; " + _REDOWNLOAD,
         )
     if kind == "dir" or not parts:
         return None
@@ -258,10 +267,11 @@ class _ShardBuilder:
         self.image_bytes = 0
         self.skipped = 0
         self.skipped_examples: list[str] = []  # the first 20
+        self.not_jpeg = 0  # images whose bytes do not start with FF D8 (stored all the same)
+        self.not_jpeg_examples: list[str] = []  # the first 20 names
         self.shards: list[dict[str, Any]] = []
         self._names: list[str] = []
         self._jpegs: list[bytes] = []
-        self._member = ""
         self._stem: str | None = None
 
     def begin(self, member: str, kind: str, size: int) -> bool:
@@ -284,19 +294,17 @@ class _ShardBuilder:
                 f"repeats the image name {stem!r}: two images of the same name; " + _REDOWNLOAD,
             )
         self.seen.add(stem)
-        self._member, self._stem = member, stem
+        self._stem = stem
         return True
 
     def end(self, data: bytes) -> None:
-        """The bytes of the member announced by the last `begin`."""
-        if not data.startswith(JPEG_MAGIC):
-            raise _member_error(
-                self.archive,
-                self._member,
-                f"is named like a JPEG but is not one (starts with {data[:4].hex(' ')}); the "
-                "archive is damaged or not Kaggle's original: " + _REDOWNLOAD,
-            )
+        """The bytes of the member announced by the last `begin`, stored as they are: one
+        that is not a JPEG is only counted (the resize stage decides what becomes of it)."""
         assert self._stem is not None
+        if not data.startswith(JPEG_MAGIC):
+            self.not_jpeg += 1
+            if len(self.not_jpeg_examples) < 20:
+                self.not_jpeg_examples.append(self._stem)
         if self.files_tmp is not None:
             with open(self.files_tmp / f"{self._stem}.jpg", "wb") as fh:
                 fh.write(data)
@@ -329,6 +337,8 @@ class _ShardBuilder:
             self.shards.append(write_shard(path, image_table(names, jpegs)))
             self.state["shards"] = list(self.shards)
             write_json_atomic(self.out_dir / PROGRESS_FILE, self.state)
+            record_work(f"extract {self.data_file.split}/{path.name}")
+            fault_point(f"extract-{self.data_file.split}-shard-{index + 1}")
         if self.progress is not None:
             self.progress(self.count, self.estimate_total(self.count))
 
@@ -938,7 +948,8 @@ def extract_images(
     7-Zip program (its decoder is ~25% faster); "auto" uses 7-Zip when it is on PATH.
 
     Resumes an interrupted run; returns at once if the split is already complete. Raises
-    `ArchiveError` for a damaged, unsafe or unexpected archive (leaving no output)."""
+    `ArchiveError` for a damaged, unsafe or unexpected archive (leaving no output); an image
+    whose bytes are not a JPEG is stored all the same and counted in `not_jpeg`."""
     archive = Path(archive)
     out_dir = Path(out_dir)
     if data_file.kind != "images" or data_file.format not in ("tar.7z", "zip"):
@@ -988,6 +999,7 @@ def extract_images(
                 "image_bytes": builder.image_bytes,
                 "shards": shards,
                 "skipped": {"count": builder.skipped, "examples": builder.skipped_examples},
+                "not_jpeg": {"count": builder.not_jpeg, "examples": builder.not_jpeg_examples},
             }
             if files_tmp is not None and files_path is not None:
                 _commit_files(files_tmp, files_path)

@@ -1,13 +1,30 @@
-"""Fault injection for tests: crash a stage at a named point, once or every time.
+"""Fault injection and work accounting for tests: crash a stage at a named point, once or
+every time, and count the units of work a run really did.
 
     PLANET_FAULT="train-epoch-1=kill"          SIGKILL this process after epoch 1's checkpoint
     PLANET_FAULT="train-batch-3=raise"         raise FaultInjected at training batch 3
+    PLANET_FAULT="resize-64-train-part-00002=killgroup"
+                                               SIGKILL this process's whole process group (the
+                                               run and its Dask workers, when the run was
+                                               started as a session of its own)
     PLANET_FAULT_ONCE=/tmp/fired               fire only if this file does not exist (and create it)
 
-Several points may be given, separated by commas. Points: `train-epoch-<k>` (after epoch k,
-counted from 1, is checkpointed), `train-batch-<n>` (before the n-th training step of a stage,
-counted from 1 over the whole stage), `predict-part-<n>` (after prediction part n is
-written). Nothing happens when `PLANET_FAULT` is unset, which is always the case outside tests.
+Several points may be given, separated by commas. Points, each after its unit of work is
+safely on disk unless said otherwise:
+- `extract-<split>-shard-<n>`: shard n (from 1) of an extraction was written;
+- `resize-<size>-<split>-<shard>`: that sized shard (e.g. `part-00002`) is written (this runs
+  in a Dask worker process: use `killgroup`);
+- `train-batch-<n>`: before the n-th training step of a stage (from 1, over the whole stage);
+- `train-epoch-<k>`: epoch k (from 1) is checkpointed;
+- `predict-part-<n>`: prediction part n is written;
+- `submit-accepted`: Kaggle accepted the file and its ref is recorded (before polling).
+Nothing happens when `PLANET_FAULT` is unset, which is always the case outside tests.
+
+    PLANET_WORK_LOG=/tmp/work.log              append one line per unit of work done
+
+`record_work` appends a line ("extract train/part-00001.parquet", "train stage-1 epoch-2", ...)
+for each unit of work really done, not reused: a test kills a run, reruns it, and counts what
+the rerun redid. Lines are short single appends (atomic between processes, Dask workers too).
 """
 
 from __future__ import annotations
@@ -18,6 +35,8 @@ from pathlib import Path
 
 ENV = "PLANET_FAULT"
 ONCE_ENV = "PLANET_FAULT_ONCE"
+WORK_LOG_ENV = "PLANET_WORK_LOG"
+FAULT_ENVS = (ENV, ONCE_ENV, WORK_LOG_ENV)
 
 
 class FaultInjected(RuntimeError):
@@ -49,4 +68,24 @@ def fault_point(name: str) -> None:
         marker.touch()
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "killgroup":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
     raise FaultInjected(f"fault injected at {name} ({ENV}={os.environ.get(ENV)})")
+
+
+def record_work(unit: str) -> None:
+    """Append `unit` to the work log when `PLANET_WORK_LOG` names one (see the module doc)."""
+    path = os.environ.get(WORK_LOG_ENV)
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{unit}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def read_work_log(path: str | os.PathLike[str]) -> list[str]:
+    """The units a work log holds, in order (empty when there is no log)."""
+    p = Path(path)
+    return p.read_text().splitlines() if p.is_file() else []

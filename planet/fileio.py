@@ -7,6 +7,7 @@ so an interrupted run never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -18,6 +19,7 @@ from typing import Any
 
 CHUNK = 1 << 20
 TMP_PREFIX = ".tmp-"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _current_umask() -> int:
@@ -34,7 +36,9 @@ FILE_MODE = 0o666 & ~_current_umask()
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; rename it to `dest` only if the block succeeds.
 
-    On any exception (including KeyboardInterrupt) the temporary file is removed.
+    On any exception (including KeyboardInterrupt) the temporary file is removed. A full disk
+    (ENOSPC, EDQUOT) raises an OSError of the same errno naming `dest` and what to do (a
+    write's own OSError names no file).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +51,16 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        tmp_path.unlink(missing_ok=True)
+        if exc.errno in _DISK_FULL and exc.filename is None:
+            raise OSError(
+                exc.errno,
+                f"{exc.strerror or os.strerror(exc.errno)}: free some space on that disk and run "
+                "the stage again",
+                str(dest),
+            ) from exc
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -6,7 +6,8 @@ first dot-separated part (`cat.12` -> cat), as in Dogs vs Cats. Class order is t
 competition's fixed `classes` order.
 
 Errors name what is wrong and where: an unknown tag (row number and tag), an empty tags cell, a
-duplicate image name, an image without a row, a row without an image.
+duplicate image name, an image without a row, a row without an image; and they say to check
+the labels file (re-download it and run the prepare stage again).
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from planet.competitions import Competition
 
 LabelKind = Literal["multi_hot", "class_index"]
 MAX_NAMED = 10  # how many offending names an error message lists
+CHECK_FILE = (
+    "check the labels file: re-download it and run the prepare stage again, or fix it if it was "
+    "edited by hand"
+)
+CHECK_ARCHIVE = "if the labels file is right, re-download the train archive instead"
 
 
 class LabelError(ValueError):
@@ -75,10 +81,12 @@ def parse_tags_csv(path: str | Path, classes: Sequence[str]) -> LabelTable:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
-        raise LabelError(f"{path} is empty: expected a header `image_name,tags`")
+        raise LabelError(f"{path} is empty: expected a header `image_name,tags`; {CHECK_FILE}")
     header = [h.strip() for h in header]
     if "image_name" not in header or "tags" not in header:
-        raise LabelError(f"{path}: header is {header}, expected columns image_name and tags")
+        raise LabelError(
+            f"{path}: header is {header}, expected columns image_name and tags; {CHECK_FILE}"
+        )
     i_name, i_tags = header.index("image_name"), header.index("tags")
     col = {c: j for j, c in enumerate(classes)}
     names: list[str] = []
@@ -87,23 +95,27 @@ def parse_tags_csv(path: str | Path, classes: Sequence[str]) -> LabelTable:
         if not row or all(not cell.strip() for cell in row):
             continue  # blank line (e.g. a trailing newline)
         if len(row) <= max(i_name, i_tags):
-            raise LabelError(f"{path}, line {line_no}: expected image_name,tags, got {row}")
+            raise LabelError(
+                f"{path}, line {line_no}: expected image_name,tags, got {row}; {CHECK_FILE}"
+            )
         name, tags = row[i_name].strip(), row[i_tags].split()
         if not name:
-            raise LabelError(f"{path}, line {line_no}: empty image_name")
+            raise LabelError(f"{path}, line {line_no}: empty image_name; {CHECK_FILE}")
         if not tags:
-            raise LabelError(f"{path}, line {line_no}: image {name} has an empty tags cell")
+            raise LabelError(
+                f"{path}, line {line_no}: image {name} has an empty tags cell; {CHECK_FILE}"
+            )
         unknown = [t for t in tags if t not in col]
         if unknown:
             raise LabelError(
                 f"{path}, line {line_no}: image {name} has unknown tag(s) {unknown}; "
-                f"known tags are {sorted(classes)}"
+                f"known tags are {sorted(classes)}; {CHECK_FILE}"
             )
         names.append(name)
         rows.append([col[t] for t in tags])
     dupes = [n for n, k in Counter(names).items() if k > 1]
     if dupes:
-        raise LabelError(f"{path}: duplicate image name(s) {_some(dupes)}")
+        raise LabelError(f"{path}: duplicate image name(s) {_some(dupes)}; {CHECK_FILE}")
     values = np.zeros((len(names), len(classes)), dtype=np.uint8)
     for i, cols in enumerate(rows):
         values[i, cols] = 1
@@ -142,10 +154,13 @@ def load_labels(
     no_row = [n for n in image_names if n not in table.index]
     no_image = [n for n in table.names if n not in images]
     if no_row:
-        raise LabelError(f"{len(no_row)} train image(s) have no row in {csv_path}: {_some(no_row)}")
+        raise LabelError(
+            f"{len(no_row)} train image(s) have no row in {csv_path}: {_some(no_row)}; "
+            f"{CHECK_FILE}; {CHECK_ARCHIVE}"
+        )
     if no_image:
         raise LabelError(
             f"{len(no_image)} row(s) of {csv_path} name images missing from the train archive: "
-            f"{_some(no_image)}"
+            f"{_some(no_image)}; {CHECK_FILE}; {CHECK_ARCHIVE}"
         )
     return table

@@ -86,7 +86,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planet.faults import fault_point
+from planet.faults import fault_point, record_work
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -476,6 +476,7 @@ def predict_split(
                         if progress is not None:
                             progress(images_done, n)
                     _write_table(_part_path(parts, p), _probs_table(names[a:b], out, schema))
+                    record_work(f"predict {out_dir.name} part-{p + 1}")
                     fault_point(f"predict-part-{p + 1}")
 
         tables = [pq.read_table(_part_path(parts, p)) for p in range(n_parts)]

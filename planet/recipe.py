@@ -32,6 +32,8 @@ _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 _TERM = rf"(?:{_NUMBER}|auto(?:\s*/\s*{_NUMBER})?)"
 _SLICE = re.compile(rf"^slice\(\s*({_TERM})\s*(?:,\s*({_TERM})\s*)?\)$")
 _SINGLE = re.compile(rf"^({_TERM})$")
+_NEGATIVE = re.compile(rf"(?:^|[(,])-{_NUMBER}")  # a minus sign before a rate (not an exponent)
+_POSITIVE = "rates must be positive, e.g. 1e-3, slice(1e-3) or slice(1e-5, 1e-3)"
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def parse_lr(spec: str | float) -> LRSpec:
     """Parse a learning-rate setting (see the module doc); a clear ValueError otherwise."""
     if isinstance(spec, int | float):
         if not (math.isfinite(spec) and spec > 0):
-            raise ValueError(f"learning rate must be a positive number, got {spec}")
+            raise ValueError(f"learning rate {spec}: {_POSITIVE}")
         return LRSpec(None, LRTerm(float(spec)), False)
     text = str(spec).strip().replace(" ", "")
     m = _SLICE.match(text)
@@ -112,6 +114,8 @@ def parse_lr(spec: str | float) -> LRSpec:
             spec_ = LRSpec(LRTerm.parse(first), LRTerm.parse(second), True)
     elif _SINGLE.match(text):
         spec_ = LRSpec(None, LRTerm.parse(text), False)
+    elif _NEGATIVE.search(text):
+        raise ValueError(f"learning rate {spec!r}: {_POSITIVE}")
     else:
         raise ValueError(
             f"learning rate {spec!r} is not understood: write a number (1e-2), "
@@ -119,7 +123,7 @@ def parse_lr(spec: str | float) -> LRSpec:
         )
     for term in (spec_.lo, spec_.hi):
         if term is not None and not term.is_auto and not (term.value > 0):  # type: ignore[operator]
-            raise ValueError(f"learning rate {spec!r}: rates must be positive")
+            raise ValueError(f"learning rate {spec!r}: {_POSITIVE}")
         if term is not None and term.is_auto and not term.divisor > 0:
             raise ValueError(f"learning rate {spec!r}: auto must be divided by a positive number")
     return spec_

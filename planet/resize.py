@@ -137,6 +137,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from planet import shards
+from planet.faults import fault_point, record_work
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -541,6 +542,8 @@ def resize_shard(
                 flush(writer)
             meta = {"config": config, "bad_images": bad}
             writer.add_key_value_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
+    record_work(f"resize {dest.parent.parent.name}/{dest.parent.name}/{dest.name}")
+    fault_point(f"resize-{size}-{dest.parent.name}-{dest.stem}")
     return {
         "name": dest.name,
         "rows": n,

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from planet.data import Loader
-from planet.faults import fault_point
+from planet.faults import fault_point, record_work
 from planet.fileio import atomic_path
 from planet.metrics import epoch_metrics
 
@@ -328,6 +328,7 @@ def fit_one_cycle(
                     "history": history,
                 },
             )
+        record_work(f"train {checkpoint_dir.name if checkpoint_dir else 'fit'} epoch-{epoch + 1}")
         if on_epoch is not None:
             on_epoch(row)
         fault_point(f"train-epoch-{epoch + 1}")

@@ -73,6 +73,7 @@ def predict_split(
     beta: float | None,
     device: str = "auto",
     batch_size: int = 64,
+    part_size: int = predict.PART_SIZE,
 ) -> dict[str, Any]:
     """Probabilities of a split (`valid`: the validation images of the train shards) with the
     exported model, averaged over the 8 symmetries of the square."""
@@ -96,6 +97,7 @@ def predict_split(
         classes=loaded.classes,
         task=loaded.task,
         batch_size=batch_size,
+        part_size=part_size,
         device=dev,
         tta=tta,
         beta=beta,
@@ -131,6 +133,7 @@ def run_predict(
     beta: float | None = None,
     device: str = "auto",
     batch_size: int = 64,
+    part_size: int = predict.PART_SIZE,
 ) -> dict[str, Any]:
     """`predict_split`, Cached unless its probabilities are missing or were made otherwise."""
     dirs = CompetitionDirs.of(data_dir, slug)
@@ -162,6 +165,7 @@ def run_predict(
         beta=beta,
         device=device,
         batch_size=batch_size,
+        part_size=part_size,
     )
 
 

@@ -1,122 +1,22 @@
-"""`planet server`: a real Prefect server on loopback, with and without basic auth, and the
-flow-run page of a pipeline run in headless Chromium."""
+"""`planet server` in use: the flow-run page of a pipeline run in headless Chromium, and
+`prefect deploy` + a worker as the README shows. (Loopback binding and basic auth are in
+tests/reliability/test_server_exposure.py.)"""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tasks.progress import artifact_key
+from tests.servers import planet_server
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url: str, auth: str | None = None, timeout: float = 5.0) -> int:
-    req = urllib.request.Request(url)
-    if auth:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (urllib.error.URLError, OSError):
-        return 0  # not listening (yet)
-
-
-@contextlib.contextmanager
-def planet_server(home: Path, auth: str | None = None):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    if auth:
-        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
-    log = (home.parent / f"server-{port}.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("planet")),
-            "server",
-            "--home",
-            str(home),
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while get(f"{url}/api/health") != 200:
-            assert proc.poll() is None, (home.parent / f"server-{port}.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not come up in 240 s"
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
-        log.close()
-
-
-def _non_loopback_ip() -> str | None:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("10.255.255.255", 1))
-            ip = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if ip.startswith("127.") else ip
-
-
-def test_server_binds_loopback_keeps_its_database_home_and_enforces_auth(tmp_path):
-    home = tmp_path / "home"
-    with planet_server(home, auth="admin:s3cret-pw") as url:
-        assert get(f"{url}/api/health") == 200  # Prefect lets health probes through
-        assert get(f"{url}/api/admin/version") == 401  # no credentials
-        assert get(f"{url}/api/admin/version", "admin:wrong") == 401
-        assert get(f"{url}/api/admin/version", "admin:s3cret-pw") == 200
-        assert (home / "prefect.db").is_file()  # the default SQLite database, under --home
-        ip = _non_loopback_ip()
-        if ip:
-            port = int(url.rsplit(":", 1)[1])
-            with pytest.raises(OSError), socket.create_connection((ip, port), timeout=3):
-                pass
-        # a client with the auth string runs a flow against it
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env |= {
-            "PREFECT_API_URL": f"{url}/api",
-            "PREFECT_API_AUTH_STRING": "admin:s3cret-pw",
-            "PREFECT_HOME": str(tmp_path / "client-home"),
-        }
-        code = "from prefect import flow\n@flow\ndef hello():\n    return 42\nprint(hello())\n"
-        done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0 and done.stdout.strip().endswith("42"), done.stderr[-2000:]
-        env.pop("PREFECT_API_AUTH_STRING")
-        refused = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
-        )
-        assert refused.returncode != 0
 
 
 def _chromium() -> str | None:
