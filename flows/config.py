@@ -13,6 +13,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from planet.competitions import Competition, resolve
+from planet.predict import PART_SIZE
 from planet.recipe import Recipe, named_recipe
 
 
@@ -147,7 +148,7 @@ class PredictConfig(RecipeConfig):
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, ...")
     batch_size: int = Field(64, ge=1, le=4096, description="Images per inference batch.")
     part_size: int = Field(
-        2048,
+        PART_SIZE,
         ge=1,
         le=1_000_000,
         description="Images per resumable part: a killed prediction redoes at most one part.",
@@ -201,7 +202,7 @@ class PipelineConfig(RecipeConfig):
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
     tta: bool = Field(True, description="Average the 8 symmetries of the square at test time.")
     part_size: int = Field(
-        2048, ge=1, le=1_000_000, description="Images per resumable prediction part."
+        PART_SIZE, ge=1, le=1_000_000, description="Images per resumable prediction part."
     )
     submit: bool = Field(
         False,

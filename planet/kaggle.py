@@ -467,7 +467,8 @@ def _translate(
             )
         if status >= 500 or status == 408:
             return KaggleTransientError(
-                f"Kaggle failed on {what} (HTTP {status}: {detail}); this is usually temporary: the stage retries it; if it keeps failing, rerun the stage later",
+                f"Kaggle failed on {what} (HTTP {status}: {detail}); this is usually temporary: "
+                "the stage retries it; if it keeps failing, rerun the stage later",
                 retry_after=_retry_after(exc.response.headers.get("Retry-After")),
                 status=status,
                 **ctx,

@@ -348,7 +348,7 @@ UNRECOVERABLE = {
         _always_500,
         KaggleTransientError,
         CONFIGURED_TRIES,
-        ["HTTP 500", "temporary"],
+        ["HTTP 500", "temporary", "rerun the stage later"],
     ),
     "429-every-try": (_always_429, KaggleTransientError, CONFIGURED_TRIES, ["retry after 0.2 s"]),
     "403-rules": (
