@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from planet import archives
 from planet.competitions import PLANET
+from planet.extract import archives
 from planet.synthetic import write_tar_7z
 from planet.synthetic.planet_amazon import make_texture_bank, render_jpeg, sample_labels
 

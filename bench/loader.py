@@ -50,7 +50,7 @@ import torch
 from synthetic_data import original_shards
 
 from planet.competitions import PLANET_WEATHER_TAGS
-from planet.data import Augment, Loader, read_images
+from planet.learn.data import Augment, Loader, read_images
 from planet.resize import resize_split
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,

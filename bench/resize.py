@@ -38,10 +38,10 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from planet import shards
 from planet.competitions import PLANET
-from planet.labels import LabelTable
 from planet.resize import resize_shard
+from planet.store import shards
+from planet.store.labels import LabelTable
 from planet.synthetic.planet_amazon import make_texture_bank, render_jpeg, sample_labels
 
 CACHE_VERSION = 1

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from planet import shards
 from planet.competitions import PLANET
-from planet.labels import LabelTable
+from planet.store import shards
+from planet.store.labels import LabelTable
 from planet.synthetic.planet_amazon import make_texture_bank, render_jpeg, sample_labels
 
 SHARD_ROWS = 1000

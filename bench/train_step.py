@@ -71,13 +71,14 @@ from PIL import Image
 from synthetic_data import original_shards
 
 from planet.competitions import PLANET, PLANET_WEATHER_TAGS
-from planet.data import IMAGENET_MEAN, IMAGENET_STD, Augment, Loader, read_images
-from planet.model import create_model
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD
+from planet.learn.data import Augment, Loader, read_images
+from planet.learn.fit import _train_step, loss_function, make_optimizer, resolve_device
+from planet.learn.model import create_model
 from planet.resize import resize_split
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,
 )
-from planet.train import _train_step, loss_function, make_optimizer, resolve_device
 
 CACHE_VERSION = 1
 SHARD_ROWS = 1000

@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def load_recipe(value: str | None):
     """A built-in recipe name, or a JSON/YAML file holding a recipe (None: the default)."""
-    from planet.recipe import RECIPES, Recipe, named_recipe
+    from planet.learn.recipe import RECIPES, Recipe, named_recipe
 
     if value is None:
         return None
@@ -313,7 +313,7 @@ def cli_flow_settings(command: str) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefect_defaults()
-    from planet.archives import ArchiveError
+    from planet.extract.archives import ArchiveError
     from planet.kaggle import KaggleError
 
     try:

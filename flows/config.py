@@ -13,8 +13,8 @@ from typing import Literal, get_args
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from planet.competitions import Competition, resolve
-from planet.predict import PART_SIZE
-from planet.recipe import Recipe, named_recipe
+from planet.infer.predict import PART_SIZE
+from planet.learn.recipe import Recipe, named_recipe
 
 
 class StageConfig(BaseModel):

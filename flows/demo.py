@@ -19,7 +19,7 @@ from typing import Any
 from planet import synthetic
 from planet.competitions import resolve
 from planet.fileio import read_json
-from planet.recipe import Recipe, named_recipe
+from planet.learn.recipe import Recipe, named_recipe
 
 DEMO_USER = "planet-demo"
 

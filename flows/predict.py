@@ -14,10 +14,10 @@ from typing import Any
 from prefect import flow
 
 from flows.config import PredictConfig
-from planet import stages
 from planet.fileio import read_json, sha256_file
 from planet.layout import CompetitionDirs
-from planet.recipe import Recipe
+from planet.learn import stages
+from planet.learn.recipe import Recipe
 from tasks import predict as predict_tasks
 
 DEFAULT_CONFIG = PredictConfig()

@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.config import SubmitConfig
+from planet.kaggle.submit_record import git_commit, submission_message
 from planet.layout import CompetitionDirs
-from planet.submit_record import git_commit, submission_message
 from tasks import submit as submit_tasks
 
 DEFAULT_CONFIG = SubmitConfig()

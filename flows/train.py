@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.config import TrainConfig
-from planet import stages
+from planet.learn import stages
 from tasks import train as train_tasks
 from tasks.progress import artifact_key
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from planet.constants import TaskType
+
 FileKind = Literal["images", "labels", "sample_submission"]
 ArchiveFormat = Literal["tar.7z", "zip", "csv.zip", "csv"]
 
@@ -47,7 +49,7 @@ class Competition:
     slug: str
     title: str
     aliases: tuple[str, ...]
-    task: Literal["multi_label", "single_label"]
+    task: TaskType
     classes: tuple[str, ...]
     files: tuple[DataFile, ...]
     metric: Literal["mean_f2", "log_loss"]

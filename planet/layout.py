@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+from planet.constants import MANIFEST  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from prefect import task
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from planet import archives
 from planet.competitions import resolve
+from planet.extract import archives
 from planet.layout import CompetitionDirs
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress

@@ -16,13 +16,13 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from planet import predict, submission, thresholds
 from planet.competitions import resolve
 from planet.fileio import read_json, sha256_file, sha256_json, write_json_atomic
+from planet.infer import predict, submission, thresholds
 from planet.layout import CompetitionDirs
+from planet.report.show import png_data_uri
 from planet.resize import read_labels, read_sized_manifest
-from planet.show import png_data_uri
-from planet.split import read_split
+from planet.store.split import read_split
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 
@@ -79,8 +79,8 @@ def predict_split(
     exported model, averaged over the 8 symmetries of the square."""
     import torch
 
-    from planet.model import load_bundle
-    from planet.train import resolve_device
+    from planet.learn.fit import resolve_device
+    from planet.learn.model import load_bundle
 
     dirs = CompetitionDirs.of(data_dir, slug)
     loaded = load_bundle(dirs.root / bundle, device=resolve_device(device))
@@ -230,7 +230,7 @@ def fit_thresholds(
 
 
 def _threshold_artifacts(slug: str, run: str, report: dict[str, Any]) -> None:
-    from planet import plots
+    from planet.report import plots
 
     classes = report["classes"]
     per_class = report["per_class"]["thresholds"]

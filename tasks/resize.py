@@ -15,10 +15,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from planet import kaggle, labels, resize, shards, show, split
-from planet.archives import table_record
+from planet import kaggle, resize
 from planet.competitions import resolve
+from planet.extract.archives import table_record
 from planet.layout import CompetitionDirs
+from planet.report import show
+from planet.store import labels, shards, split
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 

@@ -32,7 +32,8 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.tasks import exponential_backoff
 
-from planet import kaggle, submit_record
+from planet import kaggle
+from planet.kaggle import submit_record
 from tasks.fetch import retry_transient
 from tasks.progress import artifact_key
 

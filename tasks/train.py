@@ -20,10 +20,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
-from planet import stages
 from planet.competitions import resolve
-from planet.recipe import Recipe
-from planet.show import png_data_uri
+from planet.learn import stages
+from planet.learn.recipe import Recipe
+from planet.report.show import png_data_uri
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 
@@ -58,8 +58,8 @@ def train_stage(
     compile_model: bool = False,
 ) -> dict[str, Any]:
     """fast.ai's `fit_one_cycle` for one stage of the recipe (resuming from a checkpoint)."""
-    from planet.lr_finder import LRFinderResult
-    from planet.model import PretrainedWeightsMissing
+    from planet.learn.lr_finder import LRFinderResult
+    from planet.learn.model import PretrainedWeightsMissing
 
     logger = get_run_logger()
     out_dir = stages.models_dir(data_dir, slug, recipe)

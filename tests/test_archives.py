@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import simplejpeg
 
-from planet import archives, shards
-from planet.archives import ArchiveError, extract_images, extract_table, images_complete
 from planet.competitions import DOGS_VS_CATS, PLANET
+from planet.extract import archives
+from planet.extract.archives import ArchiveError, extract_images, extract_table, images_complete
 from planet.fileio import LOCK_FILE, folder_lock, sha256_file
 from planet.layout import MANIFEST
+from planet.store import shards
 
 TRAIN = PLANET.file("train-jpg.tar.7z")
 LABELS = PLANET.file("train_v2.csv.zip")
@@ -360,7 +361,7 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "shards"
     script = (
         "import os, signal, sys\n"
-        "from planet.archives import extract_images\n"
+        "from planet.extract.archives import extract_images\n"
         "from planet.competitions import PLANET\n"
         "def kill(done, total):\n"
         "    if done >= 6: os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -11,9 +11,9 @@ import pytest
 
 from flows import cli
 from flows.config import PrepareConfig
-from planet import shards
 from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.layout import CompetitionDirs
+from planet.store import shards
 
 COMMANDS = ["synth", "kaggle-local", "demo", "run", "server"]
 

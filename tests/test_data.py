@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from planet import resize, shards
+from planet import resize
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.data import (
+from planet.fileio import write_json_atomic
+from planet.learn.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Augment,
@@ -34,9 +35,9 @@ from planet.data import (
     read_images,
     to_model_input,
 )
-from planet.fileio import write_json_atomic
-from planet.labels import LabelTable
-from planet.show import batch_png, png_data_uri, render_batch, show_batch, to_pixels
+from planet.report.show import batch_png, png_data_uri, render_batch, show_batch, to_pixels
+from planet.store import shards
+from planet.store.labels import LabelTable
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)

@@ -9,8 +9,8 @@ import pytest
 
 from flows.config import PipelineConfig
 from planet.competitions import DOGS_VS_CATS, PLANET, resolve
-from planet.labels import load_labels
-from planet.recipe import Recipe, TrainStage
+from planet.learn.recipe import Recipe, TrainStage
+from planet.store.labels import load_labels
 
 pytestmark = pytest.mark.slow
 

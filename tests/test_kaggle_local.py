@@ -20,7 +20,7 @@ import requests
 
 from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.kaggle_local import LocalKaggleServer, grade_file, grade_texts
-from planet.metrics import fbeta_samples, log_loss
+from planet.learn.metrics import fbeta_samples, log_loss
 
 KAGGLE_TEST_USER = "tester"  # what the kaggle_server fixture (conftest.py) accepts
 SERVICE = "competitions.CompetitionApiService"

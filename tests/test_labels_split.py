@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.labels import LabelError, labels_from_names, load_labels, parse_tags_csv
-from planet.split import random_split, read_split, write_split
+from planet.store.labels import LabelError, labels_from_names, load_labels, parse_tags_csv
+from planet.store.split import random_split, read_split, write_split
 
 CLASSES = PLANET.classes
 

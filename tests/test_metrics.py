@@ -10,7 +10,7 @@ import torch
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
 
-from planet.metrics import (
+from planet.learn.metrics import (
     accuracy,
     accuracy_thresh,
     binary_log_loss_from_classes,

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from planet.model import (
+from planet.learn.model import (
     ARCHS,
     AdaptiveConcatPool2d,
     ConvNet,
@@ -260,8 +260,8 @@ def test_unknown_arch() -> None:
 
 
 def test_the_light_weights_table_matches_torchvision(monkeypatch, tmp_path):
-    from planet import model as model_mod
-    from planet.weights import HUB_FILES, hub_file_candidates
+    from planet.learn import model as model_mod
+    from planet.learn.weights import HUB_FILES, hub_file_candidates
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert set(HUB_FILES) == set(model_mod.ARCHS)

@@ -13,7 +13,8 @@ import pytest
 
 from planet.competitions import PLANET
 from planet.kaggle_local.grader import grade_texts
-from planet.recipe import Recipe, TrainStage
+from planet.learn.recipe import Recipe, TrainStage
+from tests.fault_hooks import hook_env
 
 pytestmark = pytest.mark.slow
 
@@ -131,12 +132,14 @@ def _task_name(run_name: str) -> str:
 
 def test_a_failed_train_stage_reruns_alone_and_resumes(demo_run, monkeypatch, tmp_path):
     from flows.demo import run_demo
-    from planet import stages
+    from planet.learn import stages
 
     workdir, _ = demo_run
     recipe = TINY.model_copy(update={"name": "tiny-fault"})
-    monkeypatch.setenv("PLANET_FAULT", "train-epoch-1=raise")
-    monkeypatch.setenv("PLANET_FAULT_ONCE", str(tmp_path / "fired"))
+    for name, value in hook_env(
+        PLANET_FAULT="train-epoch-1=raise", PLANET_FAULT_ONCE=str(tmp_path / "fired")
+    ).items():
+        monkeypatch.setenv(name, value)
     failed_at = datetime.now(UTC)
     with pytest.raises(Exception, match="fault injected at train-epoch-1"):
         run_demo("planet", workdir, train=200, test=60, additional=20, seed=3, recipe=recipe)

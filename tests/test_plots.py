@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from planet.fileio import TMP_PREFIX
-from planet.plots import (
+from planet.report.plots import (
     class_bars_png,
     losses_png,
     lr_finder_png,

@@ -12,17 +12,18 @@ import pytest
 import torch
 from torch import nn
 
-from planet import resize, shards
+from planet import resize
 from planet.competitions import PLANET
-from planet.data import dihedral, to_model_input
 from planet.fileio import write_json_atomic
-from planet.predict import (
+from planet.infer.predict import (
     predict_probs,
     predict_split,
     predictions_complete,
     read_probs,
     state_dict_sha256,
 )
+from planet.learn.data import dihedral, to_model_input
+from planet.store import shards
 
 SIZE = 8
 CLASSES = ("cat", "dog", "other")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from flows.config import PrepareConfig
-from planet import shards, synthetic
+from planet import synthetic
 from planet.competitions import PLANET
 from planet.layout import CompetitionDirs
+from planet.store import shards
 
 pytestmark = pytest.mark.slow
 

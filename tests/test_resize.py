@@ -17,10 +17,12 @@ import pytest
 from distributed.diagnostics.plugin import WorkerPlugin
 from PIL import Image
 
-from planet import archives, resize, shards, synthetic
+from planet import resize, synthetic
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.labels import LabelTable, load_labels
+from planet.extract import archives
 from planet.layout import MANIFEST
+from planet.store import shards
+from planet.store.labels import LabelTable, load_labels
 
 TRAIN_SHARD = 16  # 40 train images -> 3 original shards
 

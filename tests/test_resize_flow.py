@@ -12,10 +12,11 @@ from PIL import Image
 
 from flows.config import PrepareConfig, ResizeConfig
 from planet import resize as resize_lib
-from planet import split, synthetic
+from planet import synthetic
 from planet.competitions import PLANET
-from planet.labels import load_labels
 from planet.layout import CompetitionDirs
+from planet.store import split
+from planet.store.labels import load_labels
 
 pytestmark = pytest.mark.slow
 

@@ -119,7 +119,7 @@ def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
 
     from flows.config import TrainConfig
     from planet.competitions import PLANET
-    from planet.stages import models_dir
+    from planet.learn.stages import models_dir
     from tests.toy import make_toy_planet
 
     data_dir = tmp_path / "data"

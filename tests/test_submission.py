@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.submission import (
+from planet.infer.submission import (
     SubmissionError,
     dogs_rows,
     expected_keys,

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from planet import kaggle, submit_record
+from planet import kaggle
 from planet.fileio import sha256_file
-from planet.kaggle import Credentials, KaggleRulesError, KaggleTransientError
-from planet.kaggle_local import grade_file
-from planet.submit_record import (
+from planet.kaggle import Credentials, KaggleRulesError, KaggleTransientError, submit_record
+from planet.kaggle.submit_record import (
     StaleRecordError,
     SubmissionScoringError,
     git_commit,
@@ -23,6 +22,7 @@ from planet.submit_record import (
     submission_message,
     submit_and_wait,
 )
+from planet.kaggle_local import grade_file
 
 pytestmark = pytest.mark.usefixtures("isolated_kaggle_env")
 

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import fbeta_score
 
 from planet.competitions import PLANET
-from planet.thresholds import (
+from planet.infer.thresholds import (
     CLASS_GRID,
     GLOBAL_CANDIDATES,
     best_global_threshold,

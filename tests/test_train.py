@@ -16,14 +16,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from planet import stages
 from planet.competitions import PLANET
-from planet.data import Loader, read_images
-from planet.lr_finder import exponential_lrs, lr_find, suggestions
-from planet.metrics import f2_thresh
-from planet.model import PretrainedWeightsMissing
-from planet.recipe import Recipe, TrainStage, cpu_demo, lesson3, parse_lr
-from planet.train import fit_one_cycle, make_one_cycle, make_optimizer
+from planet.learn import stages
+from planet.learn.data import Loader, read_images
+from planet.learn.fit import fit_one_cycle, make_one_cycle, make_optimizer
+from planet.learn.lr_finder import exponential_lrs, lr_find, suggestions
+from planet.learn.metrics import f2_thresh
+from planet.learn.model import PretrainedWeightsMissing
+from planet.learn.recipe import Recipe, TrainStage, cpu_demo, lesson3, parse_lr
+from tests.fault_hooks import hook_env
 from tests.toy import make_toy_planet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def toy(tmp_path_factory):
 
 def _small_model():
     with pytest.warns(PretrainedWeightsMissing):
-        from planet.model import create_model
+        from planet.learn.model import create_model
 
         torch.manual_seed(0)
         return create_model("resnet18", len(PLANET.classes))
@@ -198,8 +199,8 @@ STAGE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from planet import stages
-    from planet.recipe import Recipe
+    from planet.learn import stages
+    from planet.learn.recipe import Recipe
     recipe = Recipe.model_validate_json(sys.argv[2])
     prev = Path(sys.argv[4]) if sys.argv[4] != "-" else None
     rec = stages.run_stage(sys.argv[1], "planet", recipe, int(sys.argv[3]), previous=prev,
@@ -251,7 +252,7 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_history(tmp_path):
     first_b = _record(_run_stage_process(killed, 0, None))
     assert first_b["sha256"] == first["sha256"]  # stage 1 (with the LR finder) is reproducible
     prev_b = killed / PLANET.slug / first_b["weights"]
-    proc = _run_stage_process(killed, 1, prev_b, PLANET_FAULT="train-epoch-2=kill")
+    proc = _run_stage_process(killed, 1, prev_b, **hook_env(PLANET_FAULT="train-epoch-2=kill"))
     assert proc.returncode == -9
     out = stages.models_dir(killed, PLANET.slug, TINY)
     assert [p.name for p in (out / "stage-2.ckpt").iterdir()] == ["epoch-002.pt"]

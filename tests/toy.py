@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planet import resize, shards
+from planet import resize
 from planet.competitions import PLANET
 from planet.fileio import write_json_atomic
 from planet.layout import CompetitionDirs
-from planet.split import random_split, write_split
+from planet.store import shards
+from planet.store.split import random_split, write_split
 
 LEARNED = ("agriculture", "clear", "water")  # the tags painted into the images
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from planet.competitions import Competition, resolve
-from planet.metrics import fbeta_samples, log_loss
+from planet.learn.metrics import fbeta_samples, log_loss
 
 USAGES = ("Public", "Private")
 _MAX_EXAMPLES = 3

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from planet.faults import FAULT_ENVS
+from tests.fault_hooks import FAULT_ENVS
 from tests.reliability.harness import SLUG, STAGES, SYNTH, USER, Run, Services, run_pipeline
 from tests.servers import planet_server
 

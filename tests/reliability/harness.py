@@ -3,7 +3,7 @@ with SIGKILL and run again, against a local Kaggle server and a real Prefect ser
 
 A run's child is `python -m tests.reliability.harness CONFIG.json`: it runs the pipeline flow
 exactly as `planet run` does. The work it really did is read back from its work log
-(`PLANET_WORK_LOG`, see planet.faults): one line per extracted shard, resized shard, trained
+(`PLANET_WORK_LOG`, see tests/fault_hooks.py): one line per extracted shard, resized shard, trained
 epoch, prediction part and Kaggle submission.
 """
 
@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from planet.competitions import PLANET
-from planet.faults import read_work_log
 from planet.fileio import read_json, sha256_file
-from planet.recipe import Recipe, TrainStage
+from planet.learn.recipe import Recipe, TrainStage
+from tests.fault_hooks import hook_env, read_work_log
 
 ROOT = Path(__file__).resolve().parents[2]
 SLUG = PLANET.slug
@@ -125,7 +125,7 @@ def run_pipeline(
     timeout: float = 600,
 ) -> Run:
     """Run the pipeline's `stages` on `data_dir` in a child process of its own session, crashed
-    at `fault` (a planet.faults `point=action`) when given; the child's whole process group is
+    at `fault` (a tests/fault_hooks.py `point=action`) when given; the child's whole process group is
     gone afterwards."""
     folder = services.root / "runs" / name
     folder.mkdir(parents=True)
@@ -137,9 +137,9 @@ def run_pipeline(
         "PREFECT_HOME": str(services.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "KAGGLE_CONFIG_DIR": str(services.kaggle_config_dir),
-        "PLANET_WORK_LOG": str(folder / "work.log"),
         "PYTHONWARNINGS": "default",
     }
+    env |= hook_env(PLANET_WORK_LOG=str(folder / "work.log"))
     if fault:
         env |= {"PLANET_FAULT": fault, "PLANET_FAULT_ONCE": str(folder / "fired")}
     output = folder / "output.log"

@@ -33,15 +33,19 @@ from PIL import Image
 from pydantic import ValidationError
 
 from flows.cli import load_recipe
-from planet import archives, kaggle, resize, shards, stages, submission, synthetic
-from planet.archives import ArchiveError
+from planet import kaggle, resize, synthetic
 from planet.competitions import PLANET
+from planet.extract import archives
+from planet.extract.archives import ArchiveError
 from planet.fileio import TMP_PREFIX, read_json, sha256_bytes, sha256_file, write_json_atomic
-from planet.labels import LabelError
+from planet.infer import submission
+from planet.infer.submission import SubmissionError
 from planet.layout import MANIFEST, CompetitionDirs
-from planet.recipe import Recipe, TrainStage
+from planet.learn import stages
+from planet.learn.recipe import Recipe, TrainStage
 from planet.resize import BadImageError
-from planet.submission import SubmissionError
+from planet.store import shards
+from planet.store.labels import LabelError
 from tasks import extract as extract_task
 from tasks import predict as predict_task
 from tasks import resize as resize_task

@@ -4,7 +4,7 @@ and Kaggle sees exactly one submission.
 
 Each case copies the reference run's data directory without the outputs of its stage and the
 later ones, runs the pipeline from that stage in a child process that SIGKILLs itself at a
-random point inside the stage (a `planet.faults` point drawn with a seeded RNG: set
+random point inside the stage (a `tests/fault_hooks.py` point drawn with a seeded RNG: set
 PLANET_RELIABILITY_SEED to draw others), then runs the same stages again.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from planet.fileio import read_json
-from planet.shards import shard_name
+from planet.store.shards import shard_name
 from tests.reliability.harness import (
     SHARD_SIZE,
     SIZE,

@@ -33,18 +33,18 @@ from typing import TYPE_CHECKING, Any
 from planet.competitions import Competition, resolve
 from planet.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
 from planet.layout import CompetitionDirs
-from planet.recipe import Recipe
+from planet.learn.recipe import Recipe
+from planet.learn.weights import hub_file_candidates
 from planet.resize import read_sized_manifest
-from planet.split import Split, read_split
-from planet.weights import hub_file_candidates
+from planet.store.split import Split, read_split
 
 if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage really trains:
     # the cached path (fingerprints, completeness checks) stays light (~6 s of imports less)
     import torch
 
-    from planet.data import ImageData, Loader
-    from planet.lr_finder import LRFinderResult
-    from planet.train import BatchCallback, EpochCallback
+    from planet.learn.data import ImageData, Loader
+    from planet.learn.fit import BatchCallback, EpochCallback
+    from planet.learn.lr_finder import LRFinderResult
 
 CODE_VERSION = "1"
 SPLIT_FILE = "split.parquet"
@@ -115,7 +115,7 @@ def data_fingerprint(data_dir: str | Path, slug: str, size: int) -> str:
 def load_train_data(data_dir: str | Path, slug: str, size: int) -> TrainData:
     """The size's train images with the split's selections (images the resize left out as
     unreadable are dropped from them)."""
-    from planet.data import read_images
+    from planet.learn.data import read_images
 
     fingerprint = data_fingerprint(data_dir, slug, size)
     images = read_images(CompetitionDirs.of(data_dir, slug).sized_shards(size, "train"))
@@ -187,8 +187,8 @@ def _finder(
 ) -> LRFinderResult:
     """The LR finder's sweep for this stage, reused from lr_find-<i>.json when it was already
     run for the same fingerprint (a resumed stage does not sweep again)."""
-    from planet import plots
-    from planet.lr_finder import LRFinderResult, lr_find
+    from planet.learn.lr_finder import LRFinderResult, lr_find
+    from planet.report import plots
 
     path = out_dir / f"lr_find-{index + 1}.json"
     try:
@@ -233,10 +233,11 @@ def run_stage(
     initial weights); returns the stage's record (also written as stage-<i>.json)."""
     import torch
 
-    from planet import plots
-    from planet.data import IMAGENET_MEAN, IMAGENET_STD, Augment, Loader
-    from planet.model import create_model, export_bundle, load_bundle
-    from planet.train import fit_one_cycle, resolve_device
+    from planet.constants import IMAGENET_MEAN, IMAGENET_STD
+    from planet.learn.data import Augment, Loader
+    from planet.learn.fit import fit_one_cycle, resolve_device
+    from planet.learn.model import create_model, export_bundle, load_bundle
+    from planet.report import plots
 
     comp = competition if isinstance(competition, Competition) else resolve(competition)
     if not 0 <= index < len(recipe.stages):

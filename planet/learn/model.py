@@ -45,15 +45,16 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, NamedTuple, get_args
 
 import torch
 import torchvision.models as tvm
 from torch import nn
 
+from planet.constants import TaskType
 from planet.fileio import atomic_path
 
-Task = Literal["multi_label", "single_label"]
+Task = TaskType
 BUNDLE_FORMAT = "planet-model-bundle"
 BUNDLE_VERSION = 1
 HEAD_HIDDEN = 512

@@ -99,8 +99,8 @@ from typing import Any, Literal
 import py7zr
 from py7zr.io import Py7zIO, WriterFactory
 
+from planet import hooks
 from planet.competitions import DataFile
-from planet.faults import fault_point, record_work
 from planet.fileio import (
     CHUNK,
     TMP_PREFIX,
@@ -112,7 +112,7 @@ from planet.fileio import (
     write_json_atomic,
 )
 from planet.layout import MANIFEST
-from planet.shards import (
+from planet.store.shards import (
     COMPRESSION,
     FORMAT,
     FORMAT_VERSION,
@@ -337,8 +337,7 @@ class _ShardBuilder:
             self.shards.append(write_shard(path, image_table(names, jpegs)))
             self.state["shards"] = list(self.shards)
             write_json_atomic(self.out_dir / PROGRESS_FILE, self.state)
-            record_work(f"extract {self.data_file.split}/{path.name}")
-            fault_point(f"extract-{self.data_file.split}-shard-{index + 1}")
+            hooks.emit("extract.shard", split=self.data_file.split, index=index, name=path.name)
         if self.progress is not None:
             self.progress(self.count, self.estimate_total(self.count))
 

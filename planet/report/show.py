@@ -25,10 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.fileio import atomic_path
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PAD = 6  # pixels between tiles and around the grid
 MIN_TILE = 128  # smaller images are enlarged (nearest neighbour) so captions fit
 FONT_SIZE = 12

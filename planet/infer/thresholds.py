@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from planet.fileio import read_json, write_json_atomic
-from planet.metrics import fbeta_samples, log_loss, per_class_f2
+from planet.learn.metrics import fbeta_samples, log_loss, per_class_f2
 
 FIXED_THRESHOLD = 0.2
 GLOBAL_CANDIDATES = np.round(np.arange(0.17, 0.2301, 0.01), 2)  # fast.ai's 0.17 .. 0.23

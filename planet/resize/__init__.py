@@ -136,8 +136,7 @@ import pyarrow.parquet as pq
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from planet import shards
-from planet.faults import fault_point, record_work
+from planet import hooks
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -147,8 +146,9 @@ from planet.fileio import (
     sha256_json,
     write_json_atomic,
 )
-from planet.labels import LabelError, LabelTable
 from planet.layout import MANIFEST
+from planet.store import shards
+from planet.store.labels import LabelError, LabelTable
 
 if TYPE_CHECKING:
     import distributed
@@ -542,8 +542,7 @@ def resize_shard(
                 flush(writer)
             meta = {"config": config, "bad_images": bad}
             writer.add_key_value_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    record_work(f"resize {dest.parent.parent.name}/{dest.parent.name}/{dest.name}")
-    fault_point(f"resize-{size}-{dest.parent.name}-{dest.stem}")
+    hooks.emit("resize.shard", size=size, split=dest.parent.name, name=dest.name)
     return {
         "name": dest.name,
         "rows": n,

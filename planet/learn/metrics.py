@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("multi_label", "single_label")
+from planet.constants import TASK_TYPES
 
 
 def fbeta_samples(y_true: np.ndarray, y_pred: np.ndarray, beta: float = 2.0) -> float:
@@ -152,4 +152,4 @@ def epoch_metrics(task: str, probs: Any, targets: Any, thresh: float = 0.2) -> d
         p, y = _single_label(probs, targets)
         loss = binary_log_loss_from_classes(p, y) if p.shape[1] == 2 else multiclass_log_loss(p, y)
         return {"accuracy": accuracy(p, y), "log_loss": loss}
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    raise ValueError(f"unknown task {task!r}; expected one of {TASK_TYPES}")

@@ -35,8 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from planet import kaggle
-from planet.faults import fault_point, record_work
+from planet import hooks, kaggle
 from planet.fileio import read_json, sha256_file, write_json_atomic
 
 try:  # POSIX: lock the record against other processes submitting the same file
@@ -296,8 +295,7 @@ def submit_and_wait(
             }
             write_record(rpath, rec)  # the ref is safe before any polling
             submitted = True
-            record_work(f"submit {path.name}")
-            fault_point("submit-accepted")
+            hooks.emit("submit.accepted", file=path.name)
 
     try:
         st = wait_fn(

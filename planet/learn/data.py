@@ -73,12 +73,11 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.layout import MANIFEST
 from planet.resize import read_sized_manifest
 
 LabelKind = Literal["multi_hot", "class_index"]
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 LOGIT_EPS = 1e-6  # pixels are clamped to [eps, 1 - eps] before the logit
 
 

@@ -1,5 +1,6 @@
-"""Fault injection and work accounting for tests: crash a stage at a named point, once or
-every time, and count the units of work a run really did.
+"""The test suite's `planet.hooks` listener: fault injection and work accounting.
+
+Loaded by the library when `PLANET_HOOKS` names this file (`HOOKS_ENV`, see `hook_env`):
 
     PLANET_FAULT="train-epoch-1=kill"          SIGKILL this process after epoch 1's checkpoint
     PLANET_FAULT="train-batch-3=raise"         raise FaultInjected at training batch 3
@@ -8,9 +9,10 @@ every time, and count the units of work a run really did.
                                                run and its Dask workers, when the run was
                                                started as a session of its own)
     PLANET_FAULT_ONCE=/tmp/fired               fire only if this file does not exist (and create it)
+    PLANET_WORK_LOG=/tmp/work.log              append one line per unit of work done
 
-Several points may be given, separated by commas. Points, each after its unit of work is
-safely on disk unless said otherwise:
+Several points may be given, separated by commas. The points, each after its unit of work is
+safely on disk unless said otherwise (from the library's events, see planet/hooks.py):
 - `extract-<split>-shard-<n>`: shard n (from 1) of an extraction was written;
 - `resize-<size>-<split>-<shard>`: that sized shard (e.g. `part-00002`) is written (this runs
   in a Dask worker process: use `killgroup`);
@@ -18,13 +20,11 @@ safely on disk unless said otherwise:
 - `train-epoch-<k>`: epoch k (from 1) is checkpointed;
 - `predict-part-<n>`: prediction part n is written;
 - `submit-accepted`: Kaggle accepted the file and its ref is recorded (before polling).
-Nothing happens when `PLANET_FAULT` is unset, which is always the case outside tests.
 
-    PLANET_WORK_LOG=/tmp/work.log              append one line per unit of work done
-
-`record_work` appends a line ("extract train/part-00001.parquet", "train stage-1 epoch-2", ...)
-for each unit of work really done, not reused: a test kills a run, reruns it, and counts what
-the rerun redid. Lines are short single appends (atomic between processes, Dask workers too).
+The work log gets one line per unit of work really done, not reused ("extract
+train/part-00001.parquet", "train stage-1.ckpt epoch-2", ...): a test kills a run, reruns it
+and counts what the rerun redid. Lines are short single appends (atomic between processes, Dask
+workers too). This file imports nothing but the standard library: the library loads it by path.
 """
 
 from __future__ import annotations
@@ -32,15 +32,23 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+HOOKS_ENV = "PLANET_HOOKS"
 ENV = "PLANET_FAULT"
 ONCE_ENV = "PLANET_FAULT_ONCE"
 WORK_LOG_ENV = "PLANET_WORK_LOG"
-FAULT_ENVS = (ENV, ONCE_ENV, WORK_LOG_ENV)
+FAULT_ENVS = (ENV, ONCE_ENV, WORK_LOG_ENV, HOOKS_ENV)
+PATH = str(Path(__file__).resolve())
 
 
 class FaultInjected(RuntimeError):
     """Raised at a fault point set to `raise`."""
+
+
+def hook_env(**env: str) -> dict[str, str]:
+    """The environment that loads this listener, plus the given fault/work-log variables."""
+    return {HOOKS_ENV: PATH, **env}
 
 
 def _actions() -> dict[str, str]:
@@ -74,7 +82,7 @@ def fault_point(name: str) -> None:
 
 
 def record_work(unit: str) -> None:
-    """Append `unit` to the work log when `PLANET_WORK_LOG` names one (see the module doc)."""
+    """Append `unit` to the work log when `PLANET_WORK_LOG` names one."""
     path = os.environ.get(WORK_LOG_ENV)
     if not path:
         return
@@ -89,3 +97,25 @@ def read_work_log(path: str | os.PathLike[str]) -> list[str]:
     """The units a work log holds, in order (empty when there is no log)."""
     p = Path(path)
     return p.read_text().splitlines() if p.is_file() else []
+
+
+def on_event(event: str, info: dict[str, Any]) -> None:
+    """The library's events (planet/hooks.py) as work-log lines and fault points."""
+    if event == "extract.shard":
+        record_work(f"extract {info['split']}/{info['name']}")
+        fault_point(f"extract-{info['split']}-shard-{info['index'] + 1}")
+    elif event == "resize.shard":
+        name = str(info["name"])
+        record_work(f"resize {info['size']}/{info['split']}/{name}")
+        fault_point(f"resize-{info['size']}-{info['split']}-{name.removesuffix('.parquet')}")
+    elif event == "train.batch":
+        fault_point(f"train-batch-{info['step']}")
+    elif event == "train.epoch":
+        record_work(f"train {info['run']} epoch-{info['epoch']}")
+        fault_point(f"train-epoch-{info['epoch']}")
+    elif event == "predict.part":
+        record_work(f"predict {info['split']} part-{info['part']}")
+        fault_point(f"predict-part-{info['part']}")
+    elif event == "submit.accepted":
+        record_work(f"submit {info['file']}")
+        fault_point("submit-accepted")

@@ -31,19 +31,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from planet.data import Loader
-from planet.faults import fault_point, record_work
+from planet import hooks
+from planet.constants import TaskType
 from planet.fileio import atomic_path
-from planet.metrics import epoch_metrics
+from planet.learn.data import Loader
+from planet.learn.metrics import epoch_metrics
 
-Task = Literal["multi_label", "single_label"]
+Task = TaskType
 BETAS = (0.9, 0.99)
 PCT_START = 0.3
 DIV_FACTOR = 25.0
@@ -291,7 +292,7 @@ def fit_one_cycle(
         batch_losses: list[float] = []
         for b, (images, targets) in enumerate(train.iter_epoch(epoch)):
             step = epoch * steps_per_epoch + b + 1
-            fault_point(f"train-batch-{step}")
+            hooks.emit("train.batch", step=step)
             loss = _train_step(runner, images, targets, loss_fn, optimizer, amp)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -328,10 +329,11 @@ def fit_one_cycle(
                     "history": history,
                 },
             )
-        record_work(f"train {checkpoint_dir.name if checkpoint_dir else 'fit'} epoch-{epoch + 1}")
         if on_epoch is not None:
             on_epoch(row)
-        fault_point(f"train-epoch-{epoch + 1}")
+        hooks.emit(
+            "train.epoch", run=checkpoint_dir.name if checkpoint_dir else "fit", epoch=epoch + 1
+        )
     return FitResult(history=history, resumed_from=start, epochs_run=epochs - start)
 
 

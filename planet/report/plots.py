@@ -36,7 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from planet.fileio import atomic_path
-from planet.show import png_data_uri
+from planet.report.show import png_data_uri
 
 __all__ = [
     "class_bars_png",

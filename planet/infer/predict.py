@@ -80,13 +80,14 @@ import math
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from planet.faults import fault_point, record_work
+from planet import hooks
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD, TASK_TYPES, TaskType
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -98,14 +99,12 @@ from planet.fileio import (
 )
 from planet.layout import MANIFEST
 from planet.resize import read_sized_manifest
-from planet.show import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks
     import torch
     from torch import nn
 
-Task = Literal["multi_label", "single_label"]
-TASKS: tuple[str, ...] = ("multi_label", "single_label")
+Task = TaskType
 FORMAT = "planet-predictions"
 FORMAT_VERSION = 1
 PROBS_FILE = "probs.parquet"
@@ -124,8 +123,8 @@ Progress = Callable[[int, int], None]
 
 
 def _check_task(task: str) -> str:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    if task not in TASK_TYPES:
+        raise ValueError(f"task must be one of {', '.join(TASK_TYPES)}, not {task!r}")
     return task
 
 
@@ -182,7 +181,7 @@ def predict_probs(
     `beta * p_0 + (1 - beta) * mean(p_1..p_7)` (fast.ai v1's mix; see the module doc)."""
     import torch
 
-    from planet.data import dihedral
+    from planet.learn.data import dihedral
 
     _check_task(task)
     beta = _check_beta(beta, tta)
@@ -388,7 +387,7 @@ def predict_split(
         raise ValueError("batch_size and part_size must be >= 1")
     import torch
 
-    from planet.data import Loader, read_images
+    from planet.learn.data import Loader, read_images
 
     device = torch.device(device)
     sized = read_sized_manifest(folder)
@@ -476,8 +475,7 @@ def predict_split(
                         if progress is not None:
                             progress(images_done, n)
                     _write_table(_part_path(parts, p), _probs_table(names[a:b], out, schema))
-                    record_work(f"predict {out_dir.name} part-{p + 1}")
-                    fault_point(f"predict-part-{p + 1}")
+                    hooks.emit("predict.part", split=out_dir.name, part=p + 1)
 
         tables = [pq.read_table(_part_path(parts, p)) for p in range(n_parts)]
         table = pa.concat_tables(tables) if tables else schema.empty_table()

@@ -22,8 +22,15 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from planet.data import Loader
-from planet.train import Task, _train_step, loss_function, make_optimizer, param_groups, preserved
+from planet.learn.data import Loader
+from planet.learn.fit import (
+    Task,
+    _train_step,
+    loss_function,
+    make_optimizer,
+    param_groups,
+    preserved,
+)
 
 SKIP_START = 10
 SKIP_END = 5

@@ -1,0 +1,1 @@
+"""Inference: TTA predictions, thresholds (or the clip) and the submission file."""

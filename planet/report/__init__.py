@@ -1,0 +1,1 @@
+"""Pictures for people: plots and a batch of images."""
