@@ -78,7 +78,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Generate (unless kaggle_root is given), serve locally, run the pipeline (submitting to
     the local server, whose grader scores the hidden labels); return its summary."""
-    from flows.config import PIPELINE_STAGES, PipelineConfig
+    from flows.config import PIPELINE_STAGES, ComputeOptions, PipelineConfig, SubmitOptions
     from flows.pipeline import pipeline
     from planet.kaggle_local import LocalKaggleServer
 
@@ -102,9 +102,8 @@ def run_demo(
             data_dir=str(workdir / "data"),
             kaggle_endpoint=server.url,
             recipe=recipe or named_recipe(resolve(slug).demo_recipe),
-            device="cpu",
-            submit=True,
-            submit_timeout_s=120,
+            compute=ComputeOptions(device="cpu"),
+            submit=SubmitOptions(submit=True, score_timeout_s=120),
             stages=list(stages or PIPELINE_STAGES),
         )
         result = pipeline(config)
@@ -124,7 +123,7 @@ def epoch_table(summary: dict[str, Any]) -> str:
     epochs = summary.get("train", {}).get("epochs", [])
     if not epochs:
         return ""
-    metric = "f2" if "f2" in epochs[0] else "log_loss"
+    metric = summary["train"]["epoch_metric"]
     lines = [f"stage epoch  train_loss  valid_loss  {metric}"]
     for e in epochs:
         lines.append(

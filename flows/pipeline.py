@@ -4,8 +4,10 @@
             -> submit
 
 Each stage is a subflow, runnable alone too; `stages` runs a subset (the stages left out must
-have run before: their outputs are read from the data directory). Every stage is cached on the
-content of its inputs, so rerunning the pipeline after a failure redoes only what failed.
+have run before: their outputs are read from the data directory). Each stage flow gets its
+config from the pipeline's (`PipelineConfig.for_stage`: the same target and sections). Every
+stage is cached on the content of its inputs, so rerunning the pipeline after a failure redoes
+only what failed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 
-from flows.config import PipelineConfig
+from flows.config import (
+    PipelineConfig,
+    PredictConfig,
+    PrepareConfig,
+    RecipeConfig,
+    ResizeConfig,
+    SubmitConfig,
+    TrainConfig,
+)
 from flows.predict import predict, submission, thresholds
 from flows.prepare import prepare
 from flows.resize import resize
@@ -33,30 +43,24 @@ def pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     run = config.stages
     out: dict[str, Any] = {"competition": config.competition, "recipe": config.recipe.run_name}
     if "prepare" in run:
-        out.update(prepare(config.prepare_config()))
+        out.update(prepare(config.for_stage(PrepareConfig)))
     if "resize" in run:
-        resized = resize(config.resize_config())
+        resized = resize(config.for_stage(ResizeConfig))
         out.update({k: resized[k] for k in ("split", "sized", "batch_png")})
     if "train" in run:
-        trained = train(config.train_config())
-        out["train"] = _train_summary(trained)
+        out["train"] = _train_summary(train(config.for_stage(TrainConfig)))
     if "predict" in run:
-        predicted = predict(config.predict_config())
+        predicted = predict(config.for_stage(PredictConfig))
         out["predicted"] = {k: v["count"] for k, v in predicted.items()}
     if "thresholds" in run:
-        fitted = thresholds(config.predict_config())
-        out["metric"] = fitted["metric"]
-        out["val_metric_default"] = fitted["val_metric_default"]
-        out["val_metric_tuned"] = fitted["val_metric_tuned"]
-        if fitted["metric"] == "mean_f2":
-            out["thresholds"] = fitted["report"]["per_class"]["thresholds"]
-        else:
-            out["clip"] = fitted["report"]["clip"]
+        fitted = thresholds(config.for_stage(RecipeConfig))
+        out.update({k: fitted[k] for k in ("metric", "val_metric_default", "val_metric_tuned")})
+        out.update(fitted["summary"])
     if "submission" in run:
-        written = submission(config.predict_config())
-        out["submission"] = str(config.data_path / config.competition / written["path"])
+        written = submission(config.for_stage(RecipeConfig))
+        out["submission"] = str(config.workspace.path(written["path"]))
     if "submit" in run:
-        submitted = submit(config.submit_config())
+        submitted = submit(config.for_stage(SubmitConfig))
         out["submitted"] = submitted.get("submitted", False)
         out["score"] = submitted.get("public_score")
         out["private_score"] = submitted.get("private_score")
@@ -74,6 +78,7 @@ def _train_summary(trained: dict[str, Any]) -> dict[str, Any]:
     return {
         "run": trained["run"],
         "bundle": trained["bundle"]["bundle"],
+        "epoch_metric": trained["epoch_metric"],
         "epochs": [
             {
                 "stage": st["stage"],
@@ -88,20 +93,20 @@ def _train_summary(trained: dict[str, Any]) -> dict[str, Any]:
 def _markdown(out: dict[str, Any]) -> str:
     lines = [f"# {out['competition']}: {out['recipe']}", ""]
     if "train" in out:
+        metric = out["train"]["epoch_metric"]
         lines += [
-            "| stage | epoch | train loss | valid loss | metric |",
+            f"| stage | epoch | train loss | valid loss | {metric} |",
             "|---:|---:|---:|---:|---:|",
         ]
         for e in out["train"]["epochs"]:
-            metric = e.get("f2", e.get("log_loss"))
             lines.append(
                 f"| {e['stage']} | {e['epoch']} | {e['train_loss']:.4f} | {e['valid_loss']:.4f} | "
-                f"{metric:.4f} |"
+                f"{e[metric]:.4f} |"
             )
         lines.append("")
     for key, label in (
-        ("val_metric_default", "validation metric, default (F2 at 0.2 / raw log loss)"),
-        ("val_metric_tuned", "validation metric, tuned (per-class thresholds / clip)"),
+        ("val_metric_default", "validation metric as predicted"),
+        ("val_metric_tuned", "validation metric with what thresholds.json fitted"),
         ("score", "score from Kaggle"),
         ("private_score", "private score"),
         ("submission", "submission file"),

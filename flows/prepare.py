@@ -18,9 +18,8 @@ from prefect.logging import get_run_logger
 
 from flows.config import PrepareConfig
 from planet import kaggle
-from planet.layout import CompetitionDirs
-from tasks import extract as extract_tasks
-from tasks import fetch as fetch_tasks
+from tasks.extract import extract_archive, unpack_table
+from tasks.fetch import fetch_file, list_remote_files
 from tasks.progress import artifact_key
 
 DEFAULT_CONFIG = PrepareConfig()
@@ -29,26 +28,25 @@ DEFAULT_CONFIG = PrepareConfig()
 @flow(name="fetch", flow_run_name="fetch {config.competition}")
 def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
     """Download the selected files of the competition into raw/ (skipping complete ones)."""
-    slug, data_dir = config.competition, str(config.data_path)
-    listing = {f["name"]: f for f in fetch_tasks.list_remote_files(slug, config.kaggle_endpoint)}
+    ws, endpoint = config.workspace, config.kaggle_endpoint
+    listing = {f["name"]: f for f in list_remote_files(ws.slug, endpoint)}
     wanted = config.selected_files()
     missing = [name for name in wanted if name not in listing]
     if missing:
         raise kaggle.KaggleNotFoundError(
-            f"{slug} does not list {missing} (it lists {sorted(listing)}); "
+            f"{ws.slug} does not list {missing} (it lists {sorted(listing)}); "
             "check the competition and the file names"
         )
     futures = {
-        name: fetch_tasks.submit_download(slug, listing[name], data_dir, config.kaggle_endpoint)
-        for name in wanted
+        name: fetch_file.submit(ws=ws, remote=listing[name], endpoint=endpoint) for name in wanted
     }
     records = {name: future.result() for name, future in futures.items()}
     create_table_artifact(
-        key=artifact_key(slug, "raw-files"),
+        key=artifact_key(ws.slug, "raw-files"),
         table=[
             {"file": r["name"], "bytes": r["size"], "sha256": r["sha256"]} for r in records.values()
         ],
-        description=f"Kaggle files of {slug} in {CompetitionDirs.of(data_dir, slug).raw}",
+        description=f"Kaggle files of {ws.slug} in {ws.raw_dir}",
     )
     return records
 
@@ -56,32 +54,34 @@ def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
 @flow(name="extract", flow_run_name="extract {config.competition}")
 def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Images -> original-image parquet shards per split; CSVs -> tables/."""
-    slug, data_dir = config.competition, str(config.data_path)
-    dirs = CompetitionDirs.of(data_dir, slug)
-    if raw is None:
-        raw = kaggle.read_raw_records(dirs.raw, config.selected_files())
-    spec = config.spec
+    ws, options = config.workspace, config.prepare
+    names = config.selected_files()
+    raw = raw if raw is not None else {name: ws.raw(name).read() for name in names}
     image_futures, tables = {}, {}
-    for name in config.selected_files():
-        data_file = spec.file(name)
+    for name in names:
+        data_file = ws.competition.file(name)
         if data_file.kind == "images":
-            image_futures[data_file.split] = extract_tasks.submit_images(
-                slug, name, raw[name], data_dir, config.shard_size, config.write_files
+            image_futures[data_file.split] = extract_archive.submit(
+                ws=ws,
+                file_name=name,
+                source=raw[name],
+                shard_size=options.shard_size,
+                write_files=options.write_files,
             )
         else:
-            tables[name] = extract_tasks.run_table(slug, name, raw[name], data_dir)
+            tables[name] = unpack_table(ws=ws, file_name=name, source=raw[name])
     images = {split: future.result() for split, future in image_futures.items()}
     return {
         "images": {
             split: {
                 "count": m["count"],
                 "shards": len(m["shards"]),
-                "dir": str(dirs.original_shards(split)),
+                "dir": str(ws.original(split).folder),
             }
             for split, m in images.items()
         },
         "tables": {
-            name: {"table": t["name"], "rows": t["rows"], "path": str(dirs.tables / t["name"])}
+            name: {"table": t["name"], "rows": t["rows"], "path": str(ws.tables_dir / t["name"])}
             for name, t in tables.items()
         },
     }

@@ -18,9 +18,8 @@ from prefect.logging import get_run_logger
 
 from flows.config import ResizeConfig
 from planet import resize as resize_lib
-from planet.layout import CompetitionDirs
-from tasks import resize as resize_tasks
 from tasks.progress import artifact_key
+from tasks.resize import picture_batch, resize_images, split_train_images
 
 DEFAULT_CONFIG = ResizeConfig()
 
@@ -29,35 +28,47 @@ DEFAULT_CONFIG = ResizeConfig()
 def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """The split, then every (size, split) of sized shards; returns counts and folders."""
     logger = get_run_logger()
-    slug, data_dir = config.competition, str(config.data_path)
-    dirs = CompetitionDirs.of(data_dir, slug)
-    splits = [f.split for f in config.spec.image_files]
+    ws, options = config.workspace, config.resize
+    splits = [f.split for f in ws.competition.image_files]
     sizes = config.all_sizes()
-    split_info = resize_tasks.run_split(
-        slug, data_dir, config.valid_pct, config.split_seed, config.n_folds
+    labels_record = ws.labels_record()
+    split_info = split_train_images(
+        ws=ws,
+        train_manifest=ws.original("train").read_manifest(),
+        labels_record=labels_record,
+        valid_pct=options.valid_pct,
+        seed=options.split_seed,
+        n_folds=options.folds,
     )
+    sources = {name: ws.original(name).read_manifest() for name in splits}
     pending = [
         (size, name)
         for size in sizes
         for name in splits
-        if not resize_tasks.resized(slug, name, size, config.method, data_dir)
+        if ws.sized(size, name).complete(sources[name], options.method) is None
     ]
-    cluster = resize_lib.dask_client(config.dask_address) if pending else contextlib.nullcontext()
+    cluster = resize_lib.dask_client(options.dask_address) if pending else contextlib.nullcontext()
     with cluster as client:
-        address = client.scheduler.address if client is not None else config.dask_address
+        address = client.scheduler.address if client is not None else options.dask_address
         if client is not None:
             logger.info(
                 "Dask scheduler %s, dashboard %s", address, resize_lib.dashboard_link(client)
             )
         futures = {
-            (size, name): resize_tasks.submit_resize(
-                slug, name, size, config.method, data_dir, address
+            (size, name): resize_images.submit(
+                ws=ws,
+                split_name=name,
+                size=size,
+                method=options.method,
+                source=sources[name],
+                labels_record=None if name != "train" else labels_record,
+                dask_address=address,
             )
             for size in sizes
             for name in splits
         }
         manifests = {key: future.result() for key, future in futures.items()}
-    batch_png = resize_tasks.show_batch(slug, min(config.sizes), data_dir)
+    batch_png = picture_batch(ws=ws, size=min(sizes))
     summary = {
         "split": split_info,
         "sized": {
@@ -66,7 +77,7 @@ def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
                     "count": m["count"],
                     "shards": len(m["shards"]),
                     "bad_images": len(m.get("bad_images", [])),
-                    "dir": str(dirs.sized_shards(size, name)),
+                    "dir": str(ws.sized(size, name).folder),
                 }
                 for (s, name), m in manifests.items()
                 if s == size
@@ -76,9 +87,9 @@ def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         "batch_png": batch_png,
     }
     create_markdown_artifact(
-        key=artifact_key(slug, "resize-summary"),
-        markdown=_summary_markdown(slug, summary),
-        description=f"resize {slug}",
+        key=artifact_key(ws.slug, "resize-summary"),
+        markdown=_summary_markdown(ws.slug, summary),
+        description=f"resize {ws.slug}",
     )
     return summary
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from flows.predict import predict
-from flows.prepare import prepare
-from flows.resize import resize
-from flows.submit import submit
-from flows.train import train
+from flows.deployments import DEPLOYMENTS
 
 
 def served_deployments(cron: str | None = None) -> list[Any]:
-    """`flow.to_deployment` for the pipeline and each stage (names end in `-served`)."""
-    from flows.pipeline import pipeline
-
-    deployments = [pipeline.to_deployment(name="pipeline-served", cron=cron)]
-    for flow_ in (prepare, resize, train, predict, submit):
-        deployments.append(flow_.to_deployment(name=f"{flow_.name}-served"))
-    return deployments
+    """`flow.to_deployment` for every flow of flows.deployments (names end in `-served`); the
+    pipeline gets `cron` as its schedule."""
+    return [
+        d.load().to_deployment(name=f"{d.name}-served", cron=cron if d.name == "pipeline" else None)
+        for d in DEPLOYMENTS
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

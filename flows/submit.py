@@ -15,8 +15,7 @@ from prefect.logging import get_run_logger
 
 from flows.config import SubmitConfig
 from planet.kaggle.submit_record import git_commit, submission_message
-from planet.layout import CompetitionDirs
-from tasks import submit as submit_tasks
+from tasks.submit import submit_predictions
 
 DEFAULT_CONFIG = SubmitConfig()
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Submit submissions/<run>.csv and wait for its score (only with `submit` on)."""
     logger = get_run_logger()
-    slug, recipe = config.competition, config.recipe
-    path = CompetitionDirs.of(config.data_path, slug).submissions / f"{recipe.run_name}.csv"
+    ws, recipe, options = config.workspace, config.recipe, config.submit
+    path = ws.submission(recipe.run_name).path
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the submission stage first")
-    if not config.submit:
+    if not options.submit:
         logger.info(
             "not submitting %s: the submit setting is off (turning it on spends one of "
             "today's Kaggle submissions)",
@@ -39,17 +38,17 @@ def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         return {"submitted": False, "path": str(path)}
     where = config.kaggle_endpoint or "kaggle.com"
     logger.warning(
-        "submitting %s to %s on %s: this uses one daily submission", path.name, slug, where
+        "submitting %s to %s on %s: this uses one daily submission", path.name, ws.slug, where
     )
     message = submission_message(
         recipe.run_name, [s.describe() for s in recipe.stages], git_commit(REPO)
     )
-    result = submit_tasks.submit_predictions(
-        slug,
+    result = submit_predictions(
+        ws.slug,
         str(path),
         message,
         config.kaggle_endpoint,
-        timeout_s=config.timeout_s,
-        interval_s=config.poll_interval_s,
+        timeout_s=options.score_timeout_s,
+        interval_s=options.poll_interval_s,
     )
     return {"submitted": True, "path": str(path), **result}

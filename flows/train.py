@@ -17,9 +17,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.config import TrainConfig
+from planet.infer.decision import decision_for
 from planet.learn import stages
-from tasks import train as train_tasks
 from tasks.progress import artifact_key
+from tasks.train import export_run, fit_stage
 
 DEFAULT_CONFIG = TrainConfig()
 
@@ -28,33 +29,38 @@ DEFAULT_CONFIG = TrainConfig()
 def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Train every stage of the recipe; returns the stage records and the exported bundle."""
     logger = get_run_logger()
-    slug, data_dir, recipe = config.competition, str(config.data_path), config.recipe
+    ws, recipe = config.workspace, config.recipe
     logger.info("recipe %s: %s", recipe.run_name, "; ".join(s.describe() for s in recipe.stages))
     records: list[dict[str, Any]] = []
     previous = None
-    for index in range(len(recipe.stages)):
-        previous = train_tasks.run_train_stage(
-            slug,
-            data_dir,
-            recipe,
-            index,
-            previous,
-            device=config.device,
-            workers=config.workers,
-            compile_model=config.compile_model,
+    for index, stage in enumerate(recipe.stages):
+        previous = fit_stage(
+            ws=ws,
+            recipe=recipe,
+            index=index,
+            index_1=index + 1,
+            describe=stage.describe(),
+            fingerprint=stages.fingerprint(
+                ws, recipe, index, previous["sha256"] if previous else None
+            ),
+            previous=previous,
+            device=config.compute.device,
+            workers=config.compute.workers,
+            compile_model=config.train.compile,
         )
         records.append(previous)
-    bundle = train_tasks.export_model(slug, data_dir, recipe, records[-1])
+    bundle = export_run(ws=ws, recipe=recipe, last=records[-1])
     rows = stages.summary_rows(records)
     create_table_artifact(
-        key=artifact_key(slug, recipe.name, "metrics"),
+        key=artifact_key(ws.slug, recipe.name, "metrics"),
         table=rows,
         description=f"{recipe.run_name}: metrics per epoch, all stages",
     )
     summary = {
         "run": recipe.run_name,
-        "models_dir": str(stages.models_dir(data_dir, slug, recipe)),
+        "models_dir": str(stages.model_run(ws, recipe).folder),
         "bundle": bundle,
+        "epoch_metric": decision_for(ws.competition).epoch_metric,
         "stages": [
             {k: v for k, v in rec.items() if k != "history"} | {"epochs": _epochs(rec)}
             for rec in records
@@ -62,7 +68,7 @@ def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         "final": rows[-1],
     }
     create_markdown_artifact(
-        key=artifact_key(slug, recipe.name, "train-summary"),
+        key=artifact_key(ws.slug, recipe.name, "train-summary"),
         markdown=_summary_markdown(summary),
         description=f"training summary, {recipe.run_name}",
     )

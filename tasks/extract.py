@@ -1,52 +1,54 @@
-"""Prefect tasks over planet.archives: images into parquet shards, CSVs into tables/.
+"""Prefect tasks over planet.extract: images into parquet shards, CSVs into tables/.
 
-Cache keys hash the downloaded file's record (its sha256), the file's spec and the
-extraction settings; results are manifests with names relative to the competition folder.
+Cache keys hash the downloaded file's record (its sha256), the file's spec and the extraction
+settings; results are manifests with names relative to the competition folder.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
-from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
-from planet.competitions import resolve
-from planet.extract import archives
-from planet.layout import CompetitionDirs
-from tasks.caching import key_from, run_cached
+from planet.extract.images import FORMAT_VERSION, extract_images
+from planet.extract.tables import extract_table
+from planet.workspace import Workspace
+from tasks.caching import key_from, stage_task
 from tasks.progress import Progress
 
 
-@task(
+def _images_done(
+    ws: Workspace, file_name: str, source: dict[str, Any], shard_size: int, write_files: bool
+) -> bool:
+    out = ws.original(ws.competition.file(file_name).split or "")
+    return (
+        out.complete(source["sha256"], shard_size=shard_size, write_files=write_files) is not None
+    )
+
+
+@stage_task(
     name="extract images",
     task_run_name="extract {file_name}",
     cache_key_fn=key_from(
         "extract-images",
-        archives.FORMAT_VERSION,
-        ["slug", "file_name", "source", "shard_size", "write_files"],
+        FORMAT_VERSION,
+        ["ws", "file_name", "source", "shard_size", "write_files"],
     ),
-    persist_result=True,
+    done=_images_done,
 )
-def extract_images(
-    slug: str,
-    file_name: str,
-    source: dict[str, Any],
-    data_dir: str,
-    shard_size: int,
-    write_files: bool = False,
+def extract_archive(
+    ws: Workspace, file_name: str, source: dict[str, Any], shard_size: int, write_files: bool
 ) -> dict[str, Any]:
     """Stream one image archive into original-image parquet shards (shards/original/<split>)."""
-    dirs = CompetitionDirs.of(data_dir, slug)
-    data_file = resolve(slug).file(file_name)
+    data_file = ws.competition.file(file_name)
+    out = ws.original(data_file.split or "")
     progress = Progress(f"extract {file_name}", unit="images")
-    manifest = archives.extract_images(
-        dirs.root / source["path"],
+    manifest = extract_images(
+        ws.path(source["path"]),
         data_file,
-        dirs.original_shards(data_file.split),
+        out.folder,
         shard_size=shard_size,
-        files_dir=dirs.image_folder(data_file.split) if write_files else None,
+        files_dir=out.files_folder if write_files else None,
         progress=progress,
         archive_sha256=source["sha256"],
     )
@@ -56,79 +58,20 @@ def extract_images(
         file_name,
         f"{manifest['count']:,}",
         len(manifest["shards"]),
-        dirs.original_shards(data_file.split),
+        out.folder,
     )
     return manifest
 
 
-def images_complete(
-    slug: str,
-    file_name: str,
-    source: dict[str, Any],
-    data_dir: str,
-    shard_size: int,
-    write_files: bool = False,
-) -> bool:
-    dirs = CompetitionDirs.of(data_dir, slug)
-    split = resolve(slug).file(file_name).split
-    return (
-        archives.images_complete(
-            dirs.original_shards(split),
-            source["sha256"],
-            shard_size=shard_size,
-            files_dir=dirs.image_folder(split) if write_files else None,
-        )
-        is not None
-    )
-
-
-@task(
+@stage_task(
     name="extract table",
     task_run_name="extract {file_name}",
-    cache_key_fn=key_from(
-        "extract-table", archives.FORMAT_VERSION, ["slug", "file_name", "source"]
-    ),
-    persist_result=True,
+    cache_key_fn=key_from("extract-table", FORMAT_VERSION, ["ws", "file_name", "source"]),
+    done=lambda ws, file_name, source: ws.table(file_name).complete(source["sha256"]) is not None,
 )
-def extract_table(
-    slug: str, file_name: str, source: dict[str, Any], data_dir: str
-) -> dict[str, Any]:
+def unpack_table(ws: Workspace, file_name: str, source: dict[str, Any]) -> dict[str, Any]:
     """Unzip (or copy) one CSV into tables/."""
-    dirs = CompetitionDirs.of(data_dir, slug)
-    data_file = resolve(slug).file(file_name)
-    record = archives.extract_table(dirs.root / source["path"], data_file, dirs.tables)
+    table = ws.table(file_name)
+    record = extract_table(ws.path(source["path"]), table.data_file, table.folder)
     get_run_logger().info("%s -> tables/%s (%s rows)", file_name, record["name"], record["rows"])
     return record
-
-
-def table_complete(slug: str, file_name: str, source: dict[str, Any], data_dir: str) -> bool:
-    dirs = CompetitionDirs.of(data_dir, slug)
-    return archives.table_complete(dirs.tables, resolve(slug).file(file_name), source["sha256"])
-
-
-def submit_images(
-    slug: str,
-    file_name: str,
-    source: dict[str, Any],
-    data_dir: str,
-    shard_size: int,
-    write_files: bool = False,
-) -> PrefectFuture[dict[str, Any]]:
-    """Submit `extract_images`, Cached unless its shards are missing or incomplete."""
-    params = dict(
-        slug=slug,
-        file_name=file_name,
-        source=source,
-        data_dir=data_dir,
-        shard_size=shard_size,
-        write_files=write_files,
-    )
-    return run_cached(
-        extract_images, outputs_complete=images_complete(**params), submit=True, **params
-    )
-
-
-def run_table(slug: str, file_name: str, source: dict[str, Any], data_dir: str) -> dict[str, Any]:
-    """Run `extract_table`, Cached unless the CSV is missing from tables/."""
-    params = dict(slug=slug, file_name=file_name, source=source, data_dir=data_dir)
-    return run_cached(extract_table, outputs_complete=table_complete(**params), **params)

@@ -12,14 +12,13 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.client.schemas.objects import TaskRun
-from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from planet import kaggle
-from planet.layout import CompetitionDirs
-from tasks.caching import key_from, run_cached
+from planet.workspace import Workspace
+from tasks.caching import key_from, stage_task
 from tasks.progress import Progress
 
 DOWNLOAD_CODE_VERSION = "1"
@@ -41,13 +40,15 @@ def retry_transient(_task: Task[..., Any], _run: TaskRun, state: State[Any]) -> 
     return False
 
 
-@task(
-    name="list Kaggle files",
+RETRY_OPTIONS: dict[str, Any] = dict(
     retries=RETRIES,
     retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
 )
+
+
+@task(name="list Kaggle files", **RETRY_OPTIONS)
 def list_remote_files(slug: str, endpoint: str | None = None) -> list[dict[str, Any]]:
     """The competition's files as Kaggle lists them (name, size, version identity)."""
     files = kaggle.list_files(slug, endpoint=endpoint)
@@ -55,55 +56,28 @@ def list_remote_files(slug: str, endpoint: str | None = None) -> list[dict[str, 
     return [f.to_dict() for f in files]
 
 
-@task(
+@stage_task(
     name="download",
     task_run_name="download {remote[name]}",
-    cache_key_fn=key_from("download", DOWNLOAD_CODE_VERSION, ["slug", "remote"]),
-    persist_result=True,
-    retries=RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=RETRY_BACKOFF_S),
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
+    cache_key_fn=key_from("download", DOWNLOAD_CODE_VERSION, ["ws", "remote"]),
+    done=lambda ws, remote, **_: ws.raw(remote["name"]).complete(remote),
+    **RETRY_OPTIONS,
 )
-def download_file(
-    slug: str, remote: dict[str, Any], data_dir: str, endpoint: str | None = None
+def fetch_file(
+    ws: Workspace, remote: dict[str, Any], endpoint: str | None = None
 ) -> dict[str, Any]:
-    """Download one file into raw/ (resuming a partial one); returns its record.
-
-    The record (name, size, sha256, path relative to the competition folder) is what the
-    extraction stage keys its cache on.
-    """
-    dirs = CompetitionDirs.of(data_dir, slug)
-    name = remote["name"]
-    progress = Progress(f"download {name}", unit="bytes")
+    """Download one file into raw/ (resuming a partial one); returns its record (name, size,
+    sha256, path relative to the competition folder): what extraction keys its cache on."""
+    raw = ws.raw(remote["name"])
+    progress = Progress(f"download {raw.name}", unit="bytes")
     record = kaggle.download_file(
-        slug, name, dirs.raw, endpoint=endpoint, progress=progress, remote=remote
+        ws.slug, raw.name, raw.folder, endpoint=endpoint, progress=progress, remote=remote
     )
     progress.done()
-    get_run_logger().info("%s: %s bytes, sha256 %s", name, f"{record.size:,}", record.sha256)
+    get_run_logger().info("%s: %s bytes, sha256 %s", raw.name, f"{record.size:,}", record.sha256)
     return {
         "name": record.name,
         "size": record.size,
         "sha256": record.sha256,
-        "path": f"raw/{record.name}",
+        "path": ws.relative(raw.path),
     }
-
-
-def download_complete(slug: str, remote: dict[str, Any], data_dir: str) -> bool:
-    """Is the file already in raw/ with the size and hash recorded when it was fetched?"""
-    dirs = CompetitionDirs.of(data_dir, slug)
-    return kaggle.local_file_complete(dirs.raw, remote)
-
-
-def submit_download(
-    slug: str, remote: dict[str, Any], data_dir: str, endpoint: str | None = None
-) -> PrefectFuture[dict[str, Any]]:
-    """Submit `download_file`, Cached unless the file is missing from raw/."""
-    params = dict(slug=slug, remote=remote, data_dir=data_dir)
-    return run_cached(
-        download_file,
-        outputs_complete=download_complete(**params),
-        submit=True,
-        endpoint=endpoint,
-        **params,
-    )

@@ -11,7 +11,9 @@ from prefect import Flow
 from prefect.utilities.callables import parameter_schema
 
 ROOT = Path(__file__).resolve().parents[1]
-DEPLOYMENTS = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+DEPLOYMENTS_YAML = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())[
+    "deployments"
+]
 
 
 def _load(entrypoint: str) -> Flow:
@@ -20,7 +22,7 @@ def _load(entrypoint: str) -> Flow:
     return getattr(module, name)
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+@pytest.mark.parametrize("deployment", DEPLOYMENTS_YAML, ids=lambda d: d["name"])
 def test_deployment_entrypoint_and_parameters(deployment):
     flow = _load(deployment["entrypoint"])
     assert isinstance(flow, Flow)
@@ -41,11 +43,24 @@ def test_serve_entry_point_builds_one_deployment_per_stage():
     assert names == {
         "pipeline-served",
         "prepare-served",
+        "fetch-served",
+        "extract-served",
         "resize-served",
         "train-served",
         "predict-served",
+        "thresholds-served",
+        "submission-served",
         "submit-served",
     }
     pipeline = next(d for d in deployments if d.name == "pipeline-served")
     assert pipeline.schedules and pipeline.schedules[0].schedule.cron == "0 2 * * 6"
     assert pipeline.flow_name == "pipeline" and pipeline.entrypoint.endswith("pipeline.py:pipeline")
+
+
+def test_prefect_yaml_is_written_from_the_one_deployment_list():
+    from flows.deployments import DEPLOYMENTS, PREFECT_YAML, prefect_yaml
+
+    assert PREFECT_YAML.read_text() == prefect_yaml(), "run `python -m flows.deployments`"
+    assert [d["name"] for d in DEPLOYMENTS_YAML] == [d.name for d in DEPLOYMENTS]
+    every_stage = {"prepare", "fetch", "extract", "resize", "train", "predict", "thresholds"}
+    assert every_stage | {"submission", "submit", "pipeline"} == {d.name for d in DEPLOYMENTS}

@@ -9,14 +9,14 @@ fast.ai's `fit_one_cycle(epochs, lrs)` with torch's own parts:
   That is fast.ai v1's schedule (its `final_div` defaults to div * 1e4); nothing measured
   argues for a hand-written one;
 - loss: BCE-with-logits for multi-label, cross-entropy for single-label;
-- validation after each epoch: loss and `planet.metrics.epoch_metrics` (F2 and
+- validation after each epoch: loss and `planet.learn.metrics.epoch_metrics` (F2 and
   accuracy_thresh at 0.2 for Planet, accuracy and log loss for Dogs vs Cats).
 
-After every epoch a checkpoint (model, optimiser, scheduler, epoch, torch RNG state, history)
-is written atomically; `fit_one_cycle` given the same checkpoint folder and key resumes after
-the last finished epoch. The loader draws batch order and augmentation from (seed, epoch,
-batch), the checkpoint restores the RNG that dropout draws from, so on the CPU a resumed run
-ends with the same history as an uninterrupted one.
+Checkpointing, progress and metric records are callbacks (planet.learn.callbacks): a fit
+given a checkpoint folder and key resumes after the last finished epoch. The loader draws batch
+order and augmentation from (seed, epoch, batch) and the checkpoint restores the RNG that
+dropout draws from, so on the CPU a resumed run ends with the same history as an uninterrupted
+one.
 
 On CUDA: bf16 autocast (no loss scaling needed) and, when asked, channels_last and
 `torch.compile`. On the CPU autocast is off (bf16 matmuls are slower there and would change
@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from planet import hooks
 from planet.constants import TaskType
-from planet.fileio import atomic_path
+from planet.learn.callbacks import (
+    BatchCallback,
+    BatchProgress,
+    Callback,
+    Checkpoints,
+    EpochCallback,
+    EpochEnd,
+    FitState,
+    HookEvents,
+    rng_state,
+    set_rng_state,
+)
 from planet.learn.data import Loader
 from planet.learn.metrics import epoch_metrics
 
@@ -50,10 +60,6 @@ PCT_START = 0.3
 DIV_FACTOR = 25.0
 FINAL_DIV_FACTOR = 1e4
 MOMENTUMS = (0.95, 0.85)
-CHECKPOINT_VERSION = 1
-
-EpochCallback = Callable[[dict[str, Any]], None]
-BatchCallback = Callable[[int, int], None]
 
 
 def loss_function(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -186,53 +192,6 @@ def _train_step(
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_path(folder: Path, epoch: int) -> Path:
-    return folder / f"epoch-{epoch:03d}.pt"
-
-
-def latest_checkpoint(folder: Path, key: str) -> dict[str, Any] | None:
-    """The newest readable checkpoint in `folder` written for `key` (None when there is none).
-    A checkpoint for another key (other settings or data) is ignored."""
-    if not folder.is_dir():
-        return None
-    for path in sorted(folder.glob("epoch-*.pt"), reverse=True):
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged file: fall back to the one before
-            continue
-        if state.get("version") == CHECKPOINT_VERSION and state.get("key") == key:
-            return state
-    return None
-
-
-def _write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(folder, state["epoch"])
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    for old in folder.glob("epoch-*.pt"):  # keep only the newest
-        if old != path:
-            old.unlink(missing_ok=True)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
 # fit_one_cycle
 
 
@@ -252,6 +211,7 @@ def fit_one_cycle(
     epochs: int,
     lrs: list[float],
     weight_decay: float = 1e-2,
+    callbacks: Sequence[Callback] = (),
     checkpoint_dir: Path | None = None,
     key: str = "",
     amp: bool = True,
@@ -260,9 +220,11 @@ def fit_one_cycle(
     step_model: nn.Module | None = None,
 ) -> FitResult:
     """Train `model` for `epochs` of one cycle at `lrs` (one per layer group); returns the
-    per-epoch history. With `checkpoint_dir`, every epoch is checkpointed there and a call
-    finding a checkpoint for the same `key` resumes after it. `step_model` (e.g. a
-    `torch.compile`d `model`) runs the steps when given; `model` owns the weights."""
+    per-epoch history. `callbacks` hook into the loop (planet.learn.callbacks); the keywords
+    are shorthands for the usual ones: `checkpoint_dir` + `key` checkpoint every epoch and
+    resume (`Checkpoints`), `on_epoch(row)` and `on_batch(step, total)` are called after each
+    epoch and batch. `step_model` (e.g. a `torch.compile`d `model`) runs the steps when given;
+    `model` owns the weights."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     loss_fn = loss_function(task)
@@ -275,24 +237,22 @@ def fit_one_cycle(
         )
     optimizer = make_optimizer(model, lrs, weight_decay)
     scheduler = make_one_cycle(optimizer, lrs, epochs * steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    start = 0
-    state = latest_checkpoint(checkpoint_dir, key) if checkpoint_dir else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        history = list(state["history"])
-        start = int(state["epoch"])
-    total_steps = epochs * steps_per_epoch
-    for epoch in range(start, epochs):
+    fit = FitState(model, optimizer, scheduler, epochs, steps_per_epoch)
+    cbs: list[Callback] = [Checkpoints(checkpoint_dir, key)] if checkpoint_dir else []
+    cbs += list(callbacks)
+    cbs += [EpochEnd(on_epoch)] if on_epoch else []
+    cbs += [BatchProgress(on_batch)] if on_batch else []
+    cbs.append(HookEvents(checkpoint_dir.name if checkpoint_dir else "fit"))
+    for cb in cbs:
+        cb.before_fit(fit)
+    for epoch in range(fit.epoch, epochs):
         t0 = time.perf_counter()
         model.train()
         batch_losses: list[float] = []
         for b, (images, targets) in enumerate(train.iter_epoch(epoch)):
-            step = epoch * steps_per_epoch + b + 1
-            hooks.emit("train.batch", step=step)
+            fit.step = epoch * steps_per_epoch + b + 1
+            for cb in cbs:
+                cb.before_batch(fit)
             loss = _train_step(runner, images, targets, loss_fn, optimizer, amp)
             if not math.isfinite(loss):
                 raise FloatingPointError(
@@ -301,8 +261,8 @@ def fit_one_cycle(
                 )
             scheduler.step()
             batch_losses.append(loss)
-            if on_batch is not None:
-                on_batch(step, total_steps)
+            for cb in cbs:
+                cb.after_batch(fit, loss)
         train_seconds = time.perf_counter() - t0
         result = evaluate(model, valid, task, amp=amp)
         row = {
@@ -314,27 +274,13 @@ def fit_one_cycle(
             "images_per_s": round(len(batch_losses) * train.batch_size / train_seconds, 1),
             "batch_losses": batch_losses,
         }
-        history.append(row)
-        if checkpoint_dir is not None:
-            _write_checkpoint(
-                checkpoint_dir,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "key": key,
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_state(),
-                    "history": history,
-                },
-            )
-        if on_epoch is not None:
-            on_epoch(row)
-        hooks.emit(
-            "train.epoch", run=checkpoint_dir.name if checkpoint_dir else "fit", epoch=epoch + 1
-        )
-    return FitResult(history=history, resumed_from=start, epochs_run=epochs - start)
+        fit.history.append(row)
+        fit.epoch = epoch + 1
+        for cb in cbs:
+            cb.after_epoch(fit, row)
+    return FitResult(
+        history=fit.history, resumed_from=fit.resumed_from, epochs_run=epochs - fit.resumed_from
+    )
 
 
 @contextlib.contextmanager
@@ -342,10 +288,10 @@ def preserved(model: nn.Module) -> Iterator[None]:
     """Restore the model's weights, buffers, train/eval mode and the torch RNG on exit."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     mode = model.training
-    rng = _rng_state()
+    rng = rng_state()
     try:
         yield
     finally:
         model.load_state_dict(saved)
         model.train(mode)
-        _set_rng_state(rng)
+        set_rng_state(rng)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
@@ -255,3 +256,21 @@ def named_recipe(name: str) -> Recipe:
         return RECIPES[name]()
     except KeyError:
         raise ValueError(f"unknown recipe {name!r}; built-in recipes: {sorted(RECIPES)}") from None
+
+
+def load_recipe(value: str) -> Recipe:
+    """A built-in recipe by name, or a JSON/YAML file holding one."""
+    if value in RECIPES:
+        return named_recipe(value)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"recipe {value!r} is neither a built-in recipe ({', '.join(sorted(RECIPES))}) "
+            "nor a recipe file (.json/.yaml)"
+        )
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return Recipe.model_validate(yaml.safe_load(text))
+    return Recipe.model_validate_json(text)

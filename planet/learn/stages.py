@@ -1,4 +1,4 @@
-"""One recipe stage on a competition's data directory: the seed notebook's cell sequence
+"""One recipe stage on a competition's workspace: the seed notebook's cell sequence
 
     data = src.transform(tfms, size=128).databunch()     read the sized shards + the split
     learn.load('stage-1')                                  the previous stage's weights
@@ -7,9 +7,10 @@
     learn.fit_one_cycle(5, slice(lr))                      checkpointed every epoch
     learn.save('stage-2')
 
-as one function, `run_stage`. Outputs go to `models/<recipe run name>/`:
+as one function, `run_stage`, reading top to bottom. Outputs go to the run's folder
+(`Workspace.model_run`, `models/<recipe run name>/`):
 
-    stage-<i>.pt              the stage's weights as an inference bundle (`planet.model`)
+    stage-<i>.pt              the stage's weights as an inference bundle (`planet.learn.model`)
     stage-<i>.json            the stage's record: history, learning rates, finder, hashes
     stage-<i>.ckpt/           the last epoch's checkpoint while the stage runs
     lr_find-<i>.json / .png   the LR finder's sweep and plot
@@ -19,36 +20,33 @@ as one function, `run_stage`. Outputs go to `models/<recipe run name>/`:
 A stage's fingerprint (`stage_fingerprint`) hashes what its weights depend on: the recipe's
 settings, the stage, the previous stage's weights (sha256), the training data (the sized
 manifest and the split) and the code version. Checkpoints carry it, so a checkpoint of other
-settings is never resumed; the Prefect task caches on it.
+settings is never resumed; the Prefect task caches on it, and `ModelRun.stage_complete` (the
+one answer to "is this stage done?") compares it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from planet.competitions import Competition, resolve
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
-from planet.layout import CompetitionDirs
-from planet.learn.recipe import Recipe
+from planet.learn.recipe import Recipe, TrainStage
 from planet.learn.weights import hub_file_candidates
-from planet.resize import read_sized_manifest
-from planet.store.split import Split, read_split
+from planet.workspace import ModelRun, Workspace
 
 if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage really trains:
-    # the cached path (fingerprints, completeness checks) stays light (~6 s of imports less)
+    # the cached path (fingerprints, completeness checks) stays light
     import torch
 
+    from planet.learn.callbacks import Callback
     from planet.learn.data import ImageData, Loader
-    from planet.learn.fit import BatchCallback, EpochCallback
     from planet.learn.lr_finder import LRFinderResult
 
 CODE_VERSION = "1"
-SPLIT_FILE = "split.parquet"
-EXPORT_FILE = "export.pt"
 VALID_BATCH_FACTOR = 2  # validation batches are this many times the training batch
 
 
@@ -78,54 +76,44 @@ def history_table(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def models_dir(data_dir: str | Path, slug: str, recipe: Recipe) -> Path:
-    return CompetitionDirs.of(data_dir, slug).models / recipe.run_name
+def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch rows over all stages (stage number first), for one table."""
+    return [
+        {"stage": rec["stage"], **row} for rec in records for row in history_table(rec["history"])
+    ]
 
 
-def stage_file(out_dir: Path, index: int) -> Path:
-    return out_dir / f"stage-{index + 1}.pt"
+def model_run(ws: Workspace, recipe: Recipe) -> ModelRun:
+    """The recipe's run folder in the workspace."""
+    return ws.model_run(recipe.run_name)
 
 
-def stage_record_file(out_dir: Path, index: int) -> Path:
-    return out_dir / f"stage-{index + 1}.json"
-
-
-def read_split_file(data_dir: str | Path, slug: str) -> Split:
-    path = CompetitionDirs.of(data_dir, slug).root / "shards" / SPLIT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the resize stage first")
-    return read_split(path)
-
-
-def data_fingerprint(data_dir: str | Path, slug: str, size: int) -> str:
+def data_fingerprint(ws: Workspace, size: int) -> str:
     """A hash of the size's train shards (their manifest, with content hashes) and the split."""
-    dirs = CompetitionDirs.of(data_dir, slug)
-    folder = dirs.sized_shards(size, "train")
+    sized = ws.sized(size, "train")
     try:
-        manifest = read_sized_manifest(folder)
+        manifest = sized.read_manifest()
     except Exception as exc:
         raise StageError(
-            f"the recipe trains at {size}px but {folder} holds no complete {size}px shards "
+            f"the recipe trains at {size}px but {sized.folder} holds no complete {size}px shards "
             f"({exc}); add {size} to the resize stage's sizes or change the recipe's stage size"
         ) from None
-    split = read_split_file(data_dir, slug)
+    split = ws.split.read()
     return sha256_json({"sized": manifest, "train": split.train_names, "valid": split.valid_names})
 
 
-def load_train_data(data_dir: str | Path, slug: str, size: int) -> TrainData:
+def load_train_data(ws: Workspace, size: int) -> TrainData:
     """The size's train images with the split's selections (images the resize left out as
     unreadable are dropped from them)."""
-    from planet.learn.data import read_images
-
-    fingerprint = data_fingerprint(data_dir, slug, size)
-    images = read_images(CompetitionDirs.of(data_dir, slug).sized_shards(size, "train"))
-    split = read_split_file(data_dir, slug)
+    fingerprint = data_fingerprint(ws, size)
+    images = ws.sized(size, "train").read()
+    split = ws.split.read()
     have = set(images.names)
     train = [n for n in split.train_names if n in have]
     valid = [n for n in split.valid_names if n in have]
     if not train or not valid:
         raise StageError(
-            f"{slug} at {size}px: {len(train)} train and {len(valid)} validation images; "
+            f"{ws.slug} at {size}px: {len(train)} train and {len(valid)} validation images; "
             "both must be non-empty (check the resize stage's valid_pct)"
         )
     return TrainData(images, train, valid, fingerprint)
@@ -162,18 +150,10 @@ def stage_fingerprint(
     )
 
 
-def stage_complete(out_dir: Path, index: int, fingerprint: str) -> dict[str, Any] | None:
-    """The record of a finished stage with this fingerprint whose weights file is intact."""
-    try:
-        record = read_json(stage_record_file(out_dir, index))
-        weights = stage_file(out_dir, index)
-        if record.get("fingerprint") != fingerprint or not weights.is_file():
-            return None
-        if weights.stat().st_size != record["bytes"]:
-            return None
-        return record
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def fingerprint(ws: Workspace, recipe: Recipe, index: int, previous_sha256: str | None) -> str:
+    """Stage `index`'s fingerprint on this workspace's data (StageError: a size not made)."""
+    data = data_fingerprint(ws, recipe.stages[index].size)
+    return stage_fingerprint(recipe, index, previous_sha256, data)
 
 
 def _finder(
@@ -181,19 +161,19 @@ def _finder(
     train: Loader,
     recipe: Recipe,
     task: str,
-    out_dir: Path,
+    run: ModelRun,
     index: int,
-    fingerprint: str,
+    key: str,
 ) -> LRFinderResult:
     """The LR finder's sweep for this stage, reused from lr_find-<i>.json when it was already
     run for the same fingerprint (a resumed stage does not sweep again)."""
     from planet.learn.lr_finder import LRFinderResult, lr_find
     from planet.report import plots
 
-    path = out_dir / f"lr_find-{index + 1}.json"
+    path = run.lr_find(index)
     try:
         saved = read_json(path)
-        if saved.get("fingerprint") == fingerprint:
+        if saved.get("fingerprint") == key:
             return LRFinderResult.from_json(saved["result"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -207,79 +187,40 @@ def _finder(
     if not result.lrs:
         raise StageError("the LR finder's loss diverged at once; check the data and the model")
     plots.write_png(
-        out_dir / f"lr_find-{index + 1}.png",
+        run.lr_find(index, ".png"),
         plots.lr_finder_png(result.lrs, result.raw_losses, result.suggestions),
     )
-    write_json_atomic(path, {"fingerprint": fingerprint, "result": result.to_json()})
+    write_json_atomic(path, {"fingerprint": key, "result": result.to_json()})
     return result
 
 
-def run_stage(
-    data_dir: str | Path,
-    competition: str | Competition,
-    recipe: Recipe,
-    index: int,
-    *,
-    previous: Path | None = None,
-    device: str = "auto",
-    workers: int = 2,
-    channels_last: bool | None = None,  # None: on (measured +15-25% steps on this CPU)
-    compile_model: bool = False,
-    on_epoch: EpochCallback | None = None,
-    on_batch: BatchCallback | None = None,
-    on_lr_find: Callable[[LRFinderResult], None] | None = None,
-) -> dict[str, Any]:
-    """Train stage `index` of `recipe` from `previous` (a stage bundle; None: the backbone's
-    initial weights); returns the stage's record (also written as stage-<i>.json)."""
-    import torch
+def _starting_model(ws: Workspace, recipe: Recipe, previous: Path | None) -> torch.nn.Module:
+    """The backbone with its initial weights, or the previous stage's bundle."""
+    from planet.learn.model import create_model, load_bundle
 
-    from planet.constants import IMAGENET_MEAN, IMAGENET_STD
-    from planet.learn.data import Augment, Loader
-    from planet.learn.fit import fit_one_cycle, resolve_device
-    from planet.learn.model import create_model, export_bundle, load_bundle
-    from planet.report import plots
-
-    comp = competition if isinstance(competition, Competition) else resolve(competition)
-    if not 0 <= index < len(recipe.stages):
-        raise StageError(f"stage {index + 1} asked for; the recipe has {len(recipe.stages)}")
-    stage = recipe.stages[index]
-    t0 = time.perf_counter()
-    out_dir = models_dir(data_dir, comp.slug, recipe)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = load_train_data(data_dir, comp.slug, stage.size)
-    previous_sha = sha256_file(previous) if previous is not None else None
-    fingerprint = stage_fingerprint(recipe, index, previous_sha, data.fingerprint)
-    done = stage_complete(out_dir, index, fingerprint)
-    if done is not None:
-        return done
-
-    dev = resolve_device(device)
-    cl = True if channels_last is None else channels_last  # faster on CUDA and the CPU
-    torch.manual_seed(recipe.seed * 1000 + index)
+    comp = ws.competition
     if previous is None:
-        model = create_model(
+        return create_model(
             recipe.arch,
             len(comp.classes),
             pretrained=recipe.pretrained,
             weights_path=recipe.weights_path,
         )
-    else:
-        bundle = load_bundle(previous)
-        if bundle.arch != recipe.arch or tuple(bundle.classes) != tuple(comp.classes):
-            raise StageError(
-                f"{previous} holds a {bundle.arch} for {len(bundle.classes)} classes; "
-                f"the recipe needs a {recipe.arch} for {comp.slug}"
-            )
-        model = bundle.model
-    model.to(dev)
-    if cl:
-        model.to(memory_format=torch.channels_last)
-    if stage.frozen:
-        model.freeze()
-    else:
-        model.unfreeze()
-    seed = recipe.seed * 1000 + index
-    common = dict(device=dev, seed=seed, workers=workers, channels_last=cl)
+    bundle = load_bundle(previous)
+    if bundle.arch != recipe.arch or tuple(bundle.classes) != tuple(comp.classes):
+        raise StageError(
+            f"{previous} holds a {bundle.arch} for {len(bundle.classes)} classes; "
+            f"the recipe needs a {recipe.arch} for {comp.slug}"
+        )
+    return bundle.model
+
+
+def _loaders(
+    data: TrainData, stage: TrainStage, recipe: Recipe, **common: Any
+) -> tuple[Loader, Loader]:
+    """The shuffled, augmented train loader and the validation loader of one stage."""
+    from planet.learn.data import Augment, Loader
+
     train = Loader(
         data.images,
         data.train_names,
@@ -290,20 +231,70 @@ def run_stage(
         **common,
     )
     valid = Loader(
-        data.images,
-        data.valid_names,
-        batch_size=stage.batch_size * VALID_BATCH_FACTOR,
-        **common,
+        data.images, data.valid_names, batch_size=stage.batch_size * VALID_BATCH_FACTOR, **common
+    )
+    return train, valid
+
+
+def run_stage(
+    ws: Workspace,
+    recipe: Recipe,
+    index: int,
+    *,
+    previous: Path | None = None,
+    previous_sha256: str | None = None,
+    device: str = "auto",
+    workers: int = 2,
+    channels_last: bool | None = None,  # None: on (faster here on the CPU, and on CUDA)
+    compile_model: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """Train stage `index` of `recipe` from `previous` (a stage bundle; None: the backbone's
+    initial weights; `previous_sha256`: its hash when the caller has it already); returns the
+    stage's record (also written as stage-<i>.json). A stage
+    already done (`ModelRun.stage_complete`) returns its record without training. `callbacks`
+    hook into the fit (planet.learn.callbacks; `after_lr_find` hears the LR finder)."""
+    import torch
+
+    from planet.learn.fit import fit_one_cycle, resolve_device
+    from planet.learn.model import export_bundle
+    from planet.report import plots
+
+    comp = ws.competition
+    if not 0 <= index < len(recipe.stages):
+        raise StageError(f"stage {index + 1} asked for; the recipe has {len(recipe.stages)}")
+    stage = recipe.stages[index]
+    t0 = time.perf_counter()
+    run = model_run(ws, recipe)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    data = load_train_data(ws, stage.size)
+    previous_sha = None if previous is None else previous_sha256 or sha256_file(previous)
+    key = stage_fingerprint(recipe, index, previous_sha, data.fingerprint)
+    done = run.stage_complete(index, key)
+    if done is not None:
+        return done
+
+    dev = resolve_device(device)
+    cl = True if channels_last is None else channels_last
+    seed = recipe.seed * 1000 + index
+    torch.manual_seed(seed)
+    model = _starting_model(ws, recipe, previous).to(dev)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    if stage.frozen:
+        model.freeze()
+    else:
+        model.unfreeze()
+    train, valid = _loaders(
+        data, stage, recipe, device=dev, seed=seed, workers=workers, channels_last=cl
     )
     finder = None
     if stage.runs_finder:
-        finder = _finder(model, train, recipe, comp.task, out_dir, index, fingerprint)
-        if on_lr_find is not None:
-            on_lr_find(finder)
+        finder = _finder(model, train, recipe, comp.task, run, index, key)
+        for cb in callbacks:
+            cb.after_lr_find(finder)
     suggestion = finder.suggestion(recipe.lr_suggestion) if finder else None
-    n_groups = len(model.param_groups())
-    lrs = stage.lr_spec.group_lrs(n_groups, suggestion)
-    step_model = torch.compile(model) if compile_model else None
+    lrs = stage.lr_spec.group_lrs(len(model.param_groups()), suggestion)
     fit = fit_one_cycle(
         model,
         train,
@@ -312,13 +303,12 @@ def run_stage(
         epochs=stage.epochs,
         lrs=lrs,
         weight_decay=recipe.weight_decay,
-        checkpoint_dir=out_dir / f"stage-{index + 1}.ckpt",
-        key=fingerprint,
-        on_epoch=on_epoch,
-        on_batch=on_batch,
-        step_model=step_model,
+        checkpoint_dir=run.checkpoints(index),
+        key=key,
+        callbacks=callbacks,
+        step_model=torch.compile(model) if compile_model else None,
     )
-    weights = stage_file(out_dir, index)
+    weights = run.stage_weights(index)
     export_bundle(
         model,
         weights,
@@ -327,14 +317,14 @@ def run_stage(
         task=comp.task,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        extra={"recipe": recipe.run_name, "stage": index + 1, "fingerprint": fingerprint},
+        extra={"recipe": recipe.run_name, "stage": index + 1, "fingerprint": key},
     )
-    plots.write_png(out_dir / f"losses-{index + 1}.png", plots.losses_png(fit.history))
+    plots.write_png(run.losses_picture(index), plots.losses_png(fit.history))
     record = {
         "stage": index + 1,
         "describe": stage.describe(),
-        "fingerprint": fingerprint,
-        "weights": str(weights.relative_to(out_dir.parents[1])),
+        "fingerprint": key,
+        "weights": ws.relative(weights),
         "sha256": sha256_file(weights),
         "bytes": weights.stat().st_size,
         "lrs": lrs,
@@ -355,8 +345,8 @@ def run_stage(
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_json_atomic(stage_record_file(out_dir, index), record)
-    _remove_checkpoints(out_dir / f"stage-{index + 1}.ckpt")
+    write_json_atomic(run.stage_record(index), record)
+    _remove_checkpoints(run.checkpoints(index))
     return record
 
 
@@ -367,24 +357,26 @@ def _remove_checkpoints(folder: Path) -> None:
         folder.rmdir()
 
 
-def export(out_dir: Path, last_index: int) -> dict[str, Any]:
+def export(ws: Workspace, recipe: Recipe, last_index: int) -> dict[str, Any]:
     """Copy the last stage's bundle to export.pt for the predict stage; its record."""
-    src = stage_file(out_dir, last_index)
-    dest = out_dir / EXPORT_FILE
+    run = model_run(ws, recipe)
+    src, dest = run.stage_weights(last_index), run.export
     if not dest.is_file() or sha256_file(dest) != sha256_file(src):
         with atomic_path(dest) as tmp:
             tmp.write_bytes(src.read_bytes())
+    return {"bundle": ws.relative(dest), "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
+
+
+def exported_bundle(ws: Workspace, recipe: Recipe) -> dict[str, Any]:
+    """The trained recipe's export.pt as the predict stage keys on it (path, sha256) and the
+    size its last stage trained at."""
+    run = model_run(ws, recipe)
+    if not run.export.is_file():
+        raise FileNotFoundError(
+            f"{run.export} does not exist: train recipe {recipe.run_name} first (the train stage)"
+        )
     return {
-        "bundle": str(dest.relative_to(out_dir.parents[1])),
-        "sha256": sha256_file(dest),
-        "bytes": dest.stat().st_size,
+        "bundle": ws.relative(run.export),
+        "sha256": sha256_file(run.export),
+        "size": recipe.stages[-1].size,
     }
-
-
-def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch rows over all stages (stage number first), for one table."""
-    rows = []
-    for rec in records:
-        for row in history_table(rec["history"]):
-            rows.append({"stage": rec["stage"], **row})
-    return rows

@@ -181,3 +181,28 @@ def show_batch(
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def show_random_batch(
+    images: Any,
+    labels: Any,
+    classes: Sequence[str],
+    path: str | os.PathLike[str],
+    *,
+    n: int = 16,
+    seed: int = 0,
+    title: str = "",
+) -> tuple[Path, int]:
+    """`show_batch` of `n` images drawn without replacement (seeded, in their order) from
+    `images`/`labels` (all of a split); the path and how many it shows."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+    path = show_batch(
+        images[pick],
+        None if labels is None else labels[pick],
+        classes,
+        path,
+        ncols=4,
+        title=title.format(n=len(pick)),
+    )
+    return path, len(pick)

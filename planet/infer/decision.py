@@ -1,0 +1,199 @@
+"""How a competition turns probabilities into its answer: one decision object per task type.
+
+    ClassThresholds   multi-label (Planet): per-class thresholds fitted on validation, F2
+    ProbabilityClip   single-label (Dogs vs Cats): probabilities clipped to [c, 1 - c], log loss
+
+A decision fits itself on validation probabilities (`fit` -> a JSON-able report written to
+thresholds.json), says what that report means (the default and tuned validation metric, the
+summary keys, a log line, a table and a markdown page for people) and writes the submission
+from test probabilities (`write_submission`). Flows and tasks ask the competition's decision
+(`decision_for`) and never name a task type or a metric.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from planet.competitions import Competition
+from planet.fileio import read_json, write_json_atomic
+
+
+class Decision(ABC):
+    """What is fitted on validation and how test probabilities become submission rows."""
+
+    epoch_metric: str  # the validation metric per epoch that tables show ("f2", "log_loss")
+
+    def __init__(self, competition: Competition) -> None:
+        self.competition = competition
+
+    @abstractmethod
+    def fit(self, probs: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+        """The report of what was fitted on these validation probabilities and labels."""
+
+    @abstractmethod
+    def scores(self, report: dict[str, Any]) -> tuple[float, float]:
+        """(default, tuned): the validation metric without and with what was fitted."""
+
+    @abstractmethod
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        """What the pipeline's summary shows of the report (e.g. the thresholds)."""
+
+    @abstractmethod
+    def log_line(self, report: dict[str, Any]) -> str:
+        """One line for the run's log."""
+
+    def table(self, report: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Rows of a table for the UI (None: the report has no table)."""
+        return None
+
+    def markdown(self, report: dict[str, Any]) -> str | None:
+        """A page for the UI (None: the log line says it all)."""
+        return None
+
+    def write(self, path: Path, report: dict[str, Any]) -> None:
+        write_json_atomic(path, report)
+
+    @abstractmethod
+    def write_submission(
+        self, tables_dir: Path, path: Path, names: Sequence[str], probs: np.ndarray, fitted: Path
+    ) -> dict[str, Any]:
+        """The submission CSV from test probabilities and the fitted file, checked against the
+        sample submission (see planet.infer.submission)."""
+
+
+class ClassThresholds(Decision):
+    """Multi-label: a tag is predicted above its class's threshold; mean F2 over images."""
+
+    epoch_metric = "f2"
+
+    def fit(self, probs: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+        from planet.infer.thresholds import threshold_report
+
+        return threshold_report(probs, truth, classes)
+
+    def scores(self, report: dict[str, Any]) -> tuple[float, float]:
+        return report["fixed"]["f2"], report["per_class"]["f2"]
+
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {"thresholds": report["per_class"]["thresholds"]}
+
+    def log_line(self, report: dict[str, Any]) -> str:
+        cf = report["cross_fit"]
+        return (
+            f"validation F2: {report['fixed']['f2']:.4f} at 0.2, {report['global']['f2']:.4f} at "
+            f"the best global {report['global']['threshold']:.2f}, "
+            f"{report['per_class']['f2']:.4f} per class (cross-fitted on halves: "
+            f"{cf['per_class']:.4f} vs {cf['fixed']:.4f} at 0.2)"
+        )
+
+    def table(self, report: dict[str, Any]) -> list[dict[str, Any]]:
+        per_class = report["per_class"]["thresholds"]
+        return [
+            {
+                "class": c,
+                "support": report["support"][c],
+                "threshold": per_class[c],
+                "f2_at_0.2": round(report["per_class_f2_fixed"][c], 4),
+                "f2_fitted": round(report["per_class_f2"][c], 4),
+            }
+            for c in report["classes"]
+        ]
+
+    def markdown(self, report: dict[str, Any]) -> str:
+        from planet.report import plots
+        from planet.report.show import png_data_uri
+
+        classes = report["classes"]
+        bars = plots.class_bars_png(
+            classes,
+            [report["per_class_f2"][c] for c in classes],
+            "Per-class F2 (validation)",
+            "F2",
+        )
+        cf, g = report["cross_fit"], report["global"]
+        return "\n".join(
+            [
+                "# Thresholds on validation",
+                "",
+                "| thresholds | mean F2 (fitted on all of validation) "
+                "| mean F2 (cross-fitted halves) |",
+                "|---|---:|---:|",
+                f"| fixed 0.2 | {report['fixed']['f2']:.4f} | {cf['fixed']:.4f} |",
+                f"| best global ({g['threshold']:.2f}) | {g['f2']:.4f} | {cf['global']:.4f} |",
+                f"| per class | {report['per_class']['f2']:.4f} | {cf['per_class']:.4f} |",
+                "",
+                report.get("note", ""),
+                "",
+                f"![per-class F2]({png_data_uri(bars)})",
+                "",
+            ]
+        )
+
+    def write_submission(
+        self, tables_dir: Path, path: Path, names: Sequence[str], probs: np.ndarray, fitted: Path
+    ) -> dict[str, Any]:
+        from planet.infer.submission import make_submission
+        from planet.infer.thresholds import read_thresholds
+
+        _, vector = read_thresholds(fitted)
+        return make_submission(self.competition, tables_dir, path, names, probs, thresholds=vector)
+
+
+class ProbabilityClip(Decision):
+    """Single-label: the positive class's probability, clipped to [c, 1 - c]; log loss."""
+
+    epoch_metric = "log_loss"
+
+    def _positive(self, classes: Sequence[str]) -> int:
+        comp = self.competition
+        return list(classes).index(comp.positive_class or classes[-1])
+
+    def fit(self, probs: np.ndarray, truth: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+        from planet.infer.thresholds import clip_report
+
+        positive = self._positive(classes)
+        return {"kind": "clip", **clip_report(probs[:, positive], truth == positive)}
+
+    def scores(self, report: dict[str, Any]) -> tuple[float, float]:
+        return report["log_loss_raw"], report["log_loss_clipped"]
+
+    def summary(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {"clip": report["clip"]}
+
+    def log_line(self, report: dict[str, Any]) -> str:
+        clip = report["clip"]
+        return (
+            f"validation log loss {report['log_loss_raw']:.4f}, "
+            f"{report['log_loss_clipped']:.4f} with probabilities clipped to [{clip:g}, "
+            f"{1 - clip:g}]"
+        )
+
+    def write_submission(
+        self, tables_dir: Path, path: Path, names: Sequence[str], probs: np.ndarray, fitted: Path
+    ) -> dict[str, Any]:
+        from planet.infer.submission import make_submission
+        from planet.infer.thresholds import read_clip
+
+        clip = read_clip(fitted)
+        return make_submission(self.competition, tables_dir, path, names, probs, clip=clip)
+
+
+DECISIONS: dict[str, type[Decision]] = {
+    "multi_label": ClassThresholds,
+    "single_label": ProbabilityClip,
+}
+
+
+def decision_for(competition: Competition) -> Decision:
+    """The competition's decision (by its task type)."""
+    return DECISIONS[competition.task](competition)
+
+
+def read_fitted(path: Path) -> dict[str, Any]:
+    """A thresholds.json as written by `Decision.write`."""
+    return read_json(path)

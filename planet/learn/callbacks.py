@@ -1,0 +1,185 @@
+"""What training does besides training, as callbacks of `fit_one_cycle` (fast.ai's style).
+
+    Checkpoints   resume from the newest checkpoint of this key; write one after every epoch
+    EpochEnd      call a function with each epoch's row (the task's log line, a table)
+    BatchProgress call a function with (step, total steps) after every batch (progress bars)
+    HookEvents    the library's `train.batch` / `train.epoch` events (planet.hooks)
+
+A stage (planet.learn.stages) also tells its callbacks when the LR finder has swept
+(`after_lr_find`).
+
+A callback overrides the events it needs; `fit_one_cycle` calls them in list order, so a
+checkpoint is on disk before anyone hears the epoch ended. A checkpoint holds the model,
+optimiser, scheduler, epoch, torch RNG state and history, written atomically: given the same
+folder and key, a fit resumes after the last finished epoch and, on the CPU, ends with the same
+history as an uninterrupted one. A checkpoint for another key (other settings or data) is
+ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from planet import hooks
+from planet.fileio import atomic_path
+
+if TYPE_CHECKING:
+    from planet.learn.lr_finder import LRFinderResult
+
+CHECKPOINT_VERSION = 1
+
+EpochCallback = Callable[[dict[str, Any]], None]
+BatchCallback = Callable[[int, int], None]
+
+
+@dataclass
+class FitState:
+    """What the callbacks see of a running fit."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    epochs: int
+    steps_per_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0  # epochs finished
+    step: int = 0  # the current step, from 1 over the whole fit
+    resumed_from: int = 0  # epochs taken from a checkpoint
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+class Callback:
+    """A hook into `fit_one_cycle`: every event does nothing unless overridden."""
+
+    def before_fit(self, fit: FitState) -> None:
+        """Before the first epoch (may restore a checkpoint and move `fit.epoch` on)."""
+
+    def before_batch(self, fit: FitState) -> None:
+        """Before the training step `fit.step`."""
+
+    def after_batch(self, fit: FitState, loss: float) -> None:
+        """After the training step `fit.step`."""
+
+    def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
+        """After validating epoch `fit.epoch` (its row is the last of `fit.history`)."""
+
+    def after_lr_find(self, result: LRFinderResult) -> None:
+        """After the LR finder swept before a stage (planet.learn.stages.run_stage)."""
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch:03d}.pt"
+
+
+def latest_checkpoint(folder: Path, key: str) -> dict[str, Any] | None:
+    """The newest readable checkpoint in `folder` written for `key` (None when there is none)."""
+    if not folder.is_dir():
+        return None
+    for path in sorted(folder.glob("epoch-*.pt"), reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a damaged file: fall back to the one before
+            continue
+        if state.get("version") == CHECKPOINT_VERSION and state.get("key") == key:
+            return state
+    return None
+
+
+def write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
+    """Write `state` as the epoch's checkpoint (atomically) and keep only the newest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(folder, state["epoch"])
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    for old in folder.glob("epoch-*.pt"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+class Checkpoints(Callback):
+    """Resume from `folder`'s newest checkpoint for `key`; checkpoint every epoch there."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def before_fit(self, fit: FitState) -> None:
+        state = latest_checkpoint(self.folder, self.key)
+        if state is None:
+            return
+        fit.model.load_state_dict(state["model"])
+        fit.optimizer.load_state_dict(state["optimizer"])
+        fit.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        fit.history = list(state["history"])
+        fit.epoch = fit.resumed_from = int(state["epoch"])
+
+    def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
+        write_checkpoint(
+            self.folder,
+            {
+                "version": CHECKPOINT_VERSION,
+                "key": self.key,
+                "epoch": fit.epoch,
+                "model": fit.model.state_dict(),
+                "optimizer": fit.optimizer.state_dict(),
+                "scheduler": fit.scheduler.state_dict(),
+                "rng": rng_state(),
+                "history": fit.history,
+            },
+        )
+
+
+class EpochEnd(Callback):
+    """Call `fn(row)` after every epoch."""
+
+    def __init__(self, fn: EpochCallback) -> None:
+        self.fn = fn
+
+    def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
+        self.fn(row)
+
+
+class BatchProgress(Callback):
+    """Call `fn(step, total_steps)` after every batch."""
+
+    def __init__(self, fn: BatchCallback) -> None:
+        self.fn = fn
+
+    def after_batch(self, fit: FitState, loss: float) -> None:
+        self.fn(fit.step, fit.total_steps)
+
+
+class HookEvents(Callback):
+    """The `train.batch` and `train.epoch` events of planet.hooks (`run` names the fit)."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+
+    def before_batch(self, fit: FitState) -> None:
+        hooks.emit("train.batch", step=fit.step)
+
+    def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
+        hooks.emit("train.epoch", run=self.run, epoch=fit.epoch)
