@@ -313,7 +313,7 @@ def cli_flow_settings(command: str) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prefect_defaults()
-    from planet.extract.archives import ArchiveError
+    from planet.extract.members import ArchiveError
     from planet.kaggle import KaggleError
 
     try:

@@ -1,4 +1,4 @@
-"""Prefect tasks over planet.archives: images into parquet shards, CSVs into tables/.
+"""Prefect tasks over planet.extract: images into parquet shards, CSVs into tables/.
 
 Cache keys hash the downloaded file's record (its sha256), the file's spec and the
 extraction settings; results are manifests with names relative to the competition folder.
@@ -13,8 +13,9 @@ from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 
 from planet.competitions import resolve
-from planet.extract import archives
+from planet.extract import images, tables
 from planet.layout import CompetitionDirs
+from planet.store.shards import FORMAT_VERSION
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress
 
@@ -24,7 +25,7 @@ from tasks.progress import Progress
     task_run_name="extract {file_name}",
     cache_key_fn=key_from(
         "extract-images",
-        archives.FORMAT_VERSION,
+        FORMAT_VERSION,
         ["slug", "file_name", "source", "shard_size", "write_files"],
     ),
     persist_result=True,
@@ -41,7 +42,7 @@ def extract_images(
     dirs = CompetitionDirs.of(data_dir, slug)
     data_file = resolve(slug).file(file_name)
     progress = Progress(f"extract {file_name}", unit="images")
-    manifest = archives.extract_images(
+    manifest = images.extract_images(
         dirs.root / source["path"],
         data_file,
         dirs.original_shards(data_file.split),
@@ -72,7 +73,7 @@ def images_complete(
     dirs = CompetitionDirs.of(data_dir, slug)
     split = resolve(slug).file(file_name).split
     return (
-        archives.images_complete(
+        images.images_complete(
             dirs.original_shards(split),
             source["sha256"],
             shard_size=shard_size,
@@ -85,9 +86,7 @@ def images_complete(
 @task(
     name="extract table",
     task_run_name="extract {file_name}",
-    cache_key_fn=key_from(
-        "extract-table", archives.FORMAT_VERSION, ["slug", "file_name", "source"]
-    ),
+    cache_key_fn=key_from("extract-table", FORMAT_VERSION, ["slug", "file_name", "source"]),
     persist_result=True,
 )
 def extract_table(
@@ -96,14 +95,14 @@ def extract_table(
     """Unzip (or copy) one CSV into tables/."""
     dirs = CompetitionDirs.of(data_dir, slug)
     data_file = resolve(slug).file(file_name)
-    record = archives.extract_table(dirs.root / source["path"], data_file, dirs.tables)
+    record = tables.extract_table(dirs.root / source["path"], data_file, dirs.tables)
     get_run_logger().info("%s -> tables/%s (%s rows)", file_name, record["name"], record["rows"])
     return record
 
 
 def table_complete(slug: str, file_name: str, source: dict[str, Any], data_dir: str) -> bool:
     dirs = CompetitionDirs.of(data_dir, slug)
-    return archives.table_complete(dirs.tables, resolve(slug).file(file_name), source["sha256"])
+    return tables.table_complete(dirs.tables, resolve(slug).file(file_name), source["sha256"])
 
 
 def submit_images(

@@ -17,7 +17,7 @@ from prefect.logging import get_run_logger
 
 from planet import kaggle, resize
 from planet.competitions import resolve
-from planet.extract.archives import table_record
+from planet.extract.tables import table_record
 from planet.layout import CompetitionDirs
 from planet.report import show
 from planet.store import labels, shards, split
