@@ -1,4 +1,4 @@
-"""Benchmark: stream a Planet-layout `train-jpg.tar.7z` into parquet shards (planet.archives)
+"""Benchmark: stream a Planet-layout `train-jpg.tar.7z` into parquet shards (planet.extract)
 against the usual `7z x -so train-jpg.tar.7z | tar x -C dir`.
 
     .venv/bin/python bench/extract.py [--images 4000] [--repeat 3] [--parallel]
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from planet.competitions import PLANET
-from planet.extract import archives
+from planet.extract.images import extract_images
+from planet.extract.sevenzip import Decoder, find_7z
 from planet.synthetic import write_tar_7z
 from planet.synthetic.planet_amazon import make_texture_bank, render_jpeg, sample_labels
 
@@ -86,20 +87,20 @@ def run_reference(archive: Path, cache: Path) -> float:
 
 
 def run_project(
-    archive: Path, cache: Path, name: str = "out-project", decoder: archives.Decoder = "auto"
+    archive: Path, cache: Path, name: str = "out-project", decoder: Decoder = "auto"
 ) -> tuple[float, dict]:
     out = _fresh(cache, name)
     t0 = time.perf_counter()
-    manifest = archives.extract_images(archive, DATA_FILE, out, decoder=decoder)
+    manifest = extract_images(archive, DATA_FILE, out, decoder=decoder)
     return time.perf_counter() - t0, manifest
 
 
-def _job(args: tuple[Path, Path, str, archives.Decoder]) -> int:
+def _job(args: tuple[Path, Path, str, Decoder]) -> int:
     archive, cache, name, decoder = args
     return run_project(archive, cache, name, decoder)[1]["count"]
 
 
-def run_pair(mode: str, archives_: list[Path], cache: Path, decoder: archives.Decoder) -> float:
+def run_pair(mode: str, archives_: list[Path], cache: Path, decoder: Decoder) -> float:
     jobs = [(a, cache, f"out-par-{i}", decoder) for i, a in enumerate(archives_)]
     for _, _, name, _ in jobs:
         _fresh(cache, name)
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         dt, manifest = run_project(archive, args.cache)
         project.append(dt)
     count, image_mb = manifest["count"], manifest["image_bytes"] / 1e6
-    decoder = "7-Zip" if archives.find_7z() else "py7zr"
+    decoder = "7-Zip" if find_7z() else "py7zr"
     print(f"{count:,} images, {image_mb:.1f} MB of JPEG; MB/s below are MB of JPEG bytes")
     p_best = _best(f"project, default ({decoder})", project, count, image_mb)
     if project_py7zr:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         second = args.cache / f"copy-{archive.name}"
         if not second.is_file():
             shutil.copyfile(archive, second)
-        decoders: list[archives.Decoder] = ["py7zr", "7z"] if have_7z else ["py7zr"]
+        decoders: list[Decoder] = ["py7zr", "7z"] if have_7z else ["py7zr"]
         pairs = {(d, m): [] for d in decoders for m in ("sequential", "threads", "processes")}
         for _ in range(max(1, args.repeat)):
             for (dec, mode), times in pairs.items():

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         command(*bound.args, **bound.kwargs)
         raise SystemExit(0)
     prefect_defaults()
-    from planet.extract.archives import ArchiveError
+    from planet.extract.members import ArchiveError
     from planet.kaggle import KaggleError
 
     try:

@@ -79,7 +79,7 @@ class Table:
 
     def complete(self, source_sha256: str) -> dict[str, Any] | None:
         """Its record when extracted from the download with this sha256 and still intact."""
-        from planet.extract.archives import table_record
+        from planet.extract.tables import table_record
 
         return table_record(self.folder, self.data_file, source_sha256)
 
@@ -95,7 +95,7 @@ class OriginalShards:
         self, archive_sha256: str, *, shard_size: int, write_files: bool = False
     ) -> dict[str, Any] | None:
         """The manifest when extracted from the archive with this sha256 and settings."""
-        from planet.extract.archives import images_complete
+        from planet.extract.images import images_complete
 
         files = self.files_folder if write_files else None
         return images_complete(self.folder, archive_sha256, shard_size=shard_size, files_dir=files)

@@ -10,8 +10,9 @@ from typing import Any
 
 from prefect.logging import get_run_logger
 
-from planet.extract.images import FORMAT_VERSION, extract_images
+from planet.extract.images import extract_images
 from planet.extract.tables import extract_table
+from planet.store.shards import FORMAT_VERSION
 from planet.workspace import Workspace
 from tasks.caching import key_from, stage_task
 from tasks.progress import Progress

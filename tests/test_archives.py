@@ -22,8 +22,11 @@ import pytest
 import simplejpeg
 
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.extract import archives
-from planet.extract.archives import ArchiveError, extract_images, extract_table, images_complete
+from planet.extract.images import ExtractJob, extract_images, extract_many, images_complete
+from planet.extract.members import ArchiveError
+from planet.extract.sevenzip import find_7z
+from planet.extract.shard_builder import PROGRESS_FILE
+from planet.extract.tables import extract_table, table_complete, table_record
 from planet.fileio import LOCK_FILE, folder_lock, sha256_file
 from planet.layout import MANIFEST
 from planet.store import shards
@@ -37,7 +40,7 @@ DECODERS = [
     "py7zr",
     pytest.param(
         "7z",
-        marks=pytest.mark.skipif(archives.find_7z() is None, reason="7-Zip is not installed"),
+        marks=pytest.mark.skipif(find_7z() is None, reason="7-Zip is not installed"),
     ),
 ]
 
@@ -338,7 +341,7 @@ def test_resume_after_crash_reuses_complete_shards(tmp_path, decoder):
         extract_images(
             archive, TRAIN, out, shard_size=3, progress=_crash_after_first_shard, decoder=decoder
         )
-    assert leftovers(out) == [archives.PROGRESS_FILE, "part-00000.parquet"]
+    assert leftovers(out) == [PROGRESS_FILE, "part-00000.parquet"]
     first = (out / "part-00000.parquet").stat()
 
     m = extract_images(archive, TRAIN, out, shard_size=3, decoder=decoder)
@@ -361,7 +364,7 @@ def test_resume_after_sigkill(tmp_path):
     out = tmp_path / "shards"
     script = (
         "import os, signal, sys\n"
-        "from planet.extract.archives import extract_images\n"
+        "from planet.extract.images import extract_images\n"
         "from planet.competitions import PLANET\n"
         "def kill(done, total):\n"
         "    if done >= 6: os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -370,7 +373,7 @@ def test_resume_after_sigkill(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script, str(archive), str(out)], check=False)
     assert proc.returncode == -9
-    assert leftovers(out) == [archives.PROGRESS_FILE, "part-00000.parquet", "part-00001.parquet"]
+    assert leftovers(out) == [PROGRESS_FILE, "part-00000.parquet", "part-00001.parquet"]
     stats = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("part-*")}
     m = extract_images(archive, TRAIN, out, shard_size=3)
     assert m["count"] == 8
@@ -407,7 +410,7 @@ def test_complete_split_returns_without_decoding(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded a complete split")
 
-    monkeypatch.setattr(archives, "_stream_tar_7z", no_decoding)
+    monkeypatch.setattr("planet.extract.images.stream_tar_7z", no_decoding)
     assert extract_images(archive, TRAIN, out, shard_size=2) == m
     assert extract_images(archive, TRAIN, out, shard_size=2, archive_sha256=sha) == m
 
@@ -433,8 +436,8 @@ def test_extract_many_in_threads(tmp_path):
     jobs = []
     for i in range(2):
         archive = planet_7z(tmp_path / f"{i}" / "train-jpg.tar.7z", images(3 + i))
-        jobs.append(archives.ExtractJob(archive, TRAIN, tmp_path / f"out{i}", shard_size=2))
-    manifests = archives.extract_many(jobs, workers=2)
+        jobs.append(ExtractJob(archive, TRAIN, tmp_path / f"out{i}", shard_size=2))
+    manifests = extract_many(jobs, workers=2)
     assert [m["count"] for m in manifests] == [3, 4]
 
 
@@ -517,15 +520,15 @@ def test_extract_table_keeps_bom_and_crlf(tmp_path):
     assert (out / "train_v2.csv").read_bytes() == content
     assert rec["name"] == "train_v2.csv" and rec["rows"] == 2 and rec["bytes"] == len(content)
     assert rec["source"]["sha256"] == sha256_file(src)
-    assert archives.table_complete(out, LABELS, sha256_file(src))
-    assert not archives.table_complete(out, LABELS, "0" * 64)
+    assert table_complete(out, LABELS, sha256_file(src))
+    assert not table_complete(out, LABELS, "0" * 64)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, MANIFEST, "train_v2.csv"]
 
     plain = tmp_path / "raw" / "sample_submission.csv"
     plain.write_bytes(b"id,label\n1,0.5\n2,0.5\n3,0.5")
     rec2 = extract_table(plain, DVC_SAMPLE, out)
     assert rec2["rows"] == 3 and (out / "sample_submission.csv").read_bytes() == plain.read_bytes()
-    assert archives.table_record(out, LABELS, sha256_file(src)) == rec  # both recorded
+    assert table_record(out, LABELS, sha256_file(src)) == rec  # both recorded
 
 
 @pytest.mark.parametrize(

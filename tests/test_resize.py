@@ -19,7 +19,8 @@ from PIL import Image
 
 from planet import resize, synthetic
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.extract import archives
+from planet.extract.images import extract_images
+from planet.extract.tables import extract_table
 from planet.layout import MANIFEST
 from planet.store import shards
 from planet.store.labels import LabelTable, load_labels
@@ -34,7 +35,7 @@ TRAIN_SHARD = 16  # 40 train images -> 3 original shards
 def _extract(out: Path, comp_dir: Path, comp: Any, split: str, shard_size: int) -> Path:
     data_file = next(f for f in comp.image_files if f.split == split)
     dest = out / "original" / split
-    archives.extract_images(comp_dir / data_file.name, data_file, dest, shard_size=shard_size)
+    extract_images(comp_dir / data_file.name, data_file, dest, shard_size=shard_size)
     return dest
 
 
@@ -50,7 +51,7 @@ def planet_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     train = _extract(root, comp_dir, PLANET, "train", TRAIN_SHARD)
     test = _extract(root, comp_dir, PLANET, "test", TRAIN_SHARD)
     tables = root / "tables"
-    archives.extract_table(comp_dir / "train_v2.csv.zip", PLANET.file("train_v2.csv.zip"), tables)
+    extract_table(comp_dir / "train_v2.csv.zip", PLANET.file("train_v2.csv.zip"), tables)
     labels = load_labels(PLANET, tables, _names(train))
     return {"root": root, "train": train, "test": test, "tables": tables, "labels": labels}
 

@@ -35,8 +35,10 @@ from pydantic import ValidationError
 from flows.cli import load_recipe
 from planet import kaggle, resize, synthetic
 from planet.competitions import PLANET
-from planet.extract import archives
-from planet.extract.archives import ArchiveError
+from planet.extract.images import extract_images
+from planet.extract.members import ArchiveError
+from planet.extract.shard_builder import PROGRESS_FILE
+from planet.extract.tables import extract_table
 from planet.fileio import TMP_PREFIX, read_json, sha256_bytes, sha256_file, write_json_atomic
 from planet.infer import submission
 from planet.infer.submission import SubmissionError
@@ -86,7 +88,7 @@ def download(tmp_path_factory: pytest.TempPathFactory) -> Download:
     for name in (TRAIN, TEST):
         data_file = PLANET.file(name)
         out = root / "scratch" / data_file.split
-        manifest = archives.extract_images(folder / name, data_file, out, shard_size=SHARD)
+        manifest = extract_images(folder / name, data_file, out, shard_size=SHARD)
         images[data_file.split] = list(shards.iter_images(out))
         sizes[data_file.split] = [s["bytes"] for s in manifest["shards"]]
     with zipfile.ZipFile(folder / LABELS_ZIP) as zf:
@@ -122,10 +124,8 @@ class DataDir:
         """tasks.extract.extract_images / extract_table, minus Prefect."""
         data_file, source = PLANET.file(name), self.source(name)
         if data_file.kind != "images":
-            return archives.extract_table(
-                self.dirs.root / source["path"], data_file, self.dirs.tables
-            )
-        return archives.extract_images(
+            return extract_table(self.dirs.root / source["path"], data_file, self.dirs.tables)
+        return extract_images(
             self.dirs.root / source["path"],
             data_file,
             self.dirs.original_shards(data_file.split),
@@ -235,7 +235,7 @@ def test_a_damaged_download_fails_extraction_and_leaves_nothing(
     if PLANET.file(name).kind == "images":
         out = data.dirs.original_shards(PLANET.file(name).split)
         assert_no_output(out)
-        assert not (out / archives.PROGRESS_FILE).exists()
+        assert not (out / PROGRESS_FILE).exists()
     else:
         assert not (data.dirs.tables / LABELS_CSV).exists()
         assert temp_files(data.dirs.tables) == []
@@ -284,7 +284,7 @@ def test_an_unsafe_member_fails_extraction_after_shards_were_written(
     assert REDOWNLOAD in message
     out = data.dirs.original_shards("train")
     assert_no_output(out)
-    assert not (out / archives.PROGRESS_FILE).exists()
+    assert not (out / PROGRESS_FILE).exists()
     assert not data.extracted(TRAIN)
 
 
@@ -618,7 +618,7 @@ def test_a_full_disk_while_extracting_keeps_only_whole_shards(
     assert not (out / MANIFEST).exists() and not data.extracted(TRAIN)
     assert temp_files(out) == []
     # the two shards written before are whole and recorded for the rerun; nothing else is there
-    kept = read_json(out / archives.PROGRESS_FILE)["shards"]
+    kept = read_json(out / PROGRESS_FILE)["shards"]
     assert [p.name for p in shards.shard_files(out)] == [r["name"] for r in kept]
     assert [r["name"] for r in kept] == ["part-00000.parquet", "part-00001.parquet"]
     assert all(sha256_file(out / r["name"]) == r["sha256"] for r in kept)
