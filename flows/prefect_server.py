@@ -5,8 +5,7 @@ Why: Prefect 3.8 opens its SQLite transactions DEFERRED unless they lock rows. A
 that reads and then writes while another connection writes (the server's own event and
 task-run recorder services, right after a flow's burst of task events) cannot wait for the
 lock: SQLite answers "database is locked" at once, the API turns it into a 503 and the client
-retries after 2 s plus jitter. The pipeline starts 9 subflow runs, each right after such a
-burst: a fully cached rerun measured 3-4 of these 503s, 6-8 s of its ~19 s. `BEGIN IMMEDIATE`
+retries after 2 s plus jitter, 3-4 times in a cached pipeline run (bench/README.md). `BEGIN IMMEDIATE`
 takes the write lock up front, so the transaction queues behind the writer (busy_timeout,
 60 s) and no request fails. Reads that do not open a transaction are unaffected; on a
 single-user local server the queueing costs milliseconds. PostgreSQL is not touched.

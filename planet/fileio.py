@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,25 +114,51 @@ def remove_stale_temps(folder: str | os.PathLike[str]) -> int:
 
 
 LOCK_FILE = ".lock"
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
-    """An exclusive lock on `folder` (a `.lock` file in it) for the duration of the block.
+def file_lock(
+    lock_file: str | os.PathLike[str], *, wait: bool = True, busy: str | None = None
+) -> Iterator[None]:
+    """An exclusive lock held through `lock_file` for the duration of the block: `flock` keeps
+    other processes out, a lock per path other threads of this one.
 
-    Without `wait`, fail at once with a RuntimeError naming the folder if another process
-    holds it (two writers of one output); with `wait`, block until it is free (short
-    read-modify-write sections such as a shared manifest)."""
+    With `wait`, block until it is free; without, fail at once with a RuntimeError saying
+    `busy` (or naming the file) when someone holds it."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    key = str(lock_file.resolve())
+    with _thread_locks_guard:
+        in_process = _thread_locks.setdefault(key, threading.Lock())
+    message = busy or f"{lock_file} is held by another writer; wait for it to finish"
+    if not in_process.acquire(blocking=wait):
+        raise RuntimeError(message)
+    try:
+        with open(lock_file, "a+b") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                raise RuntimeError(message) from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    finally:
+        in_process.release()
+
+
+def folder_lock(
+    folder: str | os.PathLike[str], *, wait: bool = False
+) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on `folder` (a `.lock` file in it): without `wait`, fail at once with
+    a RuntimeError naming the folder if another writer holds it (two writers of one output);
+    with `wait`, block until it is free (short read-modify-write sections such as a shared
+    manifest)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+b") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError as exc:
-            raise RuntimeError(
-                f"another process is writing to {folder}; wait for it to finish"
-            ) from exc
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return file_lock(
+        folder / LOCK_FILE,
+        wait=wait,
+        busy=f"another process is writing to {folder}; wait for it to finish",
+    )

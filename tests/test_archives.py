@@ -22,13 +22,13 @@ import pytest
 import simplejpeg
 
 from planet.competitions import DOGS_VS_CATS, PLANET
+from planet.constants import MANIFEST
 from planet.extract.images import ExtractJob, extract_images, extract_many, images_complete
 from planet.extract.members import ArchiveError
 from planet.extract.sevenzip import find_7z
 from planet.extract.shard_builder import PROGRESS_FILE
 from planet.extract.tables import extract_table, table_complete, table_record
 from planet.fileio import LOCK_FILE, folder_lock, sha256_file
-from planet.layout import MANIFEST
 from planet.store import shards
 
 TRAIN = PLANET.file("train-jpg.tar.7z")

@@ -12,8 +12,8 @@ import pytest
 from flows import cli
 from flows.config import PrepareConfig
 from planet.competitions import DOGS_VS_CATS, PLANET
-from planet.layout import CompetitionDirs
 from planet.store import shards
+from planet.workspace import Workspace
 
 COMMANDS = ["synth", "kaggle-local", "demo", "run", "server"]
 
@@ -130,9 +130,9 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
         "test": 8,
         "test-additional": 3,
     }
-    dirs = CompetitionDirs.of(workdir / "data", PLANET.slug)
-    assert Path(summary["images"]["train"]["dir"]) == dirs.original_shards("train")
-    assert shards.verify(dirs.original_shards("train"), checksums=True)["count"] == 24
+    dirs = Workspace.of(workdir / "data", PLANET.slug)
+    assert Path(summary["images"]["train"]["dir"]) == dirs.original("train").folder
+    assert shards.verify(dirs.original("train").folder, checksums=True)["count"] == 24
     # prepare -> resize: every recipe size, every split, and a picture of a batch
     assert sorted(summary["sized"], key=int) == ["32", "64"]
     assert summary["sized"]["64"]["test-additional"]["count"] == 3
@@ -194,7 +194,7 @@ def test_run_command_fetches_only_the_named_files(
     assert set(summary["raw"]) == {"train_v2.csv.zip", "sample_submission_v2.csv.zip"}
     assert summary["images"] == {}
     assert summary["tables"]["train_v2.csv.zip"]["rows"] == 6
-    raw = CompetitionDirs.of(tmp_path / "d", PLANET.slug).raw
+    raw = Workspace.of(tmp_path / "d", PLANET.slug).raw_dir
     assert sorted(p.name for p in raw.iterdir() if p.is_file() and p.suffix != ".json") == [
         "sample_submission_v2.csv.zip",
         "train_v2.csv.zip",

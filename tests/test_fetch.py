@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from planet import kaggle
+from planet.constants import MANIFEST
 from planet.kaggle import (
     Credentials,
     KaggleAuthError,
@@ -32,7 +33,6 @@ from planet.kaggle import (
     list_files,
     load_credentials,
 )
-from planet.layout import MANIFEST
 
 pytestmark = pytest.mark.usefixtures("isolated_kaggle_env")
 

@@ -133,6 +133,7 @@ def _task_name(run_name: str) -> str:
 def test_a_failed_train_stage_reruns_alone_and_resumes(demo_run, monkeypatch, tmp_path):
     from flows.demo import run_demo
     from planet.learn import stages
+    from planet.workspace import Workspace
 
     workdir, _ = demo_run
     recipe = TINY.model_copy(update={"name": "tiny-fault"})
@@ -153,7 +154,7 @@ def test_a_failed_train_stage_reruns_alone_and_resumes(demo_run, monkeypatch, tm
     for name in ("resize", "validation split"):
         assert set(states[name]) == {"Cached"}, (name, states)
     assert states["train stage"] == ["Completed", "Completed"]  # stage 1 resumed, stage 2 new
-    out = stages.models_dir(workdir / "data", PLANET.slug, recipe)
+    out = stages.model_run(Workspace.of(workdir / "data", PLANET), recipe).folder
     record = json.loads((out / "stage-1.json").read_text())
     assert record["resumed_from_epoch"] == 1 and record["epochs_run"] == 1
     assert done["score"] is not None and done["recipe"] == recipe.run_name

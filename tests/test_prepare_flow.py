@@ -10,8 +10,8 @@ import pytest
 from flows.config import PrepareConfig
 from planet import synthetic
 from planet.competitions import PLANET
-from planet.layout import CompetitionDirs
 from planet.store import shards
+from planet.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -87,11 +87,11 @@ def test_prepare_twice_is_cached_and_rebuilds_deleted_outputs(served_planet, tmp
     )
 
     summary, states = _run_prepare(config)
-    dirs = CompetitionDirs.of(data_dir, PLANET.slug)
+    dirs = Workspace.of(data_dir, PLANET.slug)
     assert summary["images"]["train"]["count"] == SIZES["train"]
     assert summary["images"]["test"]["count"] == SIZES["test"]
     assert summary["images"]["test-additional"]["count"] == SIZES["additional"]
-    names = [name for name, _ in shards.iter_images(dirs.original_shards("train"))]
+    names = [name for name, _ in shards.iter_images(dirs.original("train").folder)]
     assert sorted(names) == sorted(f"train_{i}" for i in range(SIZES["train"]))
     downloads = {k: v for k, v in states.items() if k.startswith("download ")}
     assert len(downloads) == len(PLANET.files)
@@ -107,8 +107,8 @@ def test_prepare_twice_is_cached_and_rebuilds_deleted_outputs(served_planet, tmp
     assert server.count() - blob_requests <= 1  # only the listing call
 
     # delete one output of each stage: exactly those tasks run again
-    (dirs.raw / "train_v2.csv.zip").unlink()
-    shutil.rmtree(dirs.original_shards("test"))
+    (dirs.raw_dir / "train_v2.csv.zip").unlink()
+    shutil.rmtree(dirs.original("test").folder)
     summary3, states3 = _run_prepare(config)
     assert summary3 == summary
     assert states3["download train_v2.csv.zip"] == "Completed"
@@ -142,7 +142,7 @@ def test_fetch_task_retries_transient_errors(served_planet, tmp_path):
     server.faults.fail_next(1, status=503, path="DownloadDataFile")
     server.faults.rate_limit_next(1, retry_after=1, path="DownloadDataFile")
     records = fetch(config)
-    raw = CompetitionDirs.of(config.data_path, PLANET.slug).raw
+    raw = Workspace.of(config.data_path, PLANET.slug).raw_dir
     assert (
         records["train_v2.csv.zip"]["sha256"]
         == kaggle.read_manifest(raw)["train_v2.csv.zip"]["sha256"]

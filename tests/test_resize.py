@@ -19,9 +19,9 @@ from PIL import Image
 
 from planet import resize, synthetic
 from planet.competitions import DOGS_VS_CATS, PLANET
+from planet.constants import MANIFEST
 from planet.extract.images import extract_images
 from planet.extract.tables import extract_table
-from planet.layout import MANIFEST
 from planet.store import shards
 from planet.store.labels import LabelTable, load_labels
 

@@ -14,9 +14,9 @@ from flows.config import PrepareConfig, ResizeConfig
 from planet import resize as resize_lib
 from planet import synthetic
 from planet.competitions import PLANET
-from planet.layout import CompetitionDirs
 from planet.store import split
 from planet.store.labels import load_labels
+from planet.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     )
     state = resize(config, return_state=True)
     summary = state.result()
-    dirs = CompetitionDirs.of(prepared, PLANET.slug)
+    dirs = Workspace.of(prepared, PLANET.slug)
 
     # every split at every size, counts as generated
     expected = {
@@ -104,13 +104,13 @@ def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     }
     for size in ("32", "64"):
         assert {k: v["count"] for k, v in summary["sized"][size].items()} == expected
-    sized = resize_lib.read_sized(dirs.sized_shards(64, "train"))
+    sized = resize_lib.read_sized(dirs.sized(64, "train").folder)
     assert sized.pixels.shape == (SIZES["train"], 64, 64, 3)
 
     # labels travel with names: compare with train_v2.csv
-    table = load_labels(PLANET, dirs.tables, sized.names).take(sized.names)
+    table = load_labels(PLANET, dirs.tables_dir, sized.names).take(sized.names)
     assert np.array_equal(sized.labels, table.values)
-    assert resize_lib.read_sized(dirs.sized_shards(32, "test")).labels is None
+    assert resize_lib.read_sized(dirs.sized(32, "test").folder).labels is None
 
     # the stored split is fast.ai's over the CSV order
     stored = split.read_split(dirs.root / "shards" / "split.parquet")
@@ -129,7 +129,7 @@ def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     assert again.result()["sized"] == summary["sized"]
     states = _task_states(again)
     assert {v for k, v in states.items() if k.startswith(("resize ", "validation"))} == {"Cached"}
-    shutil.rmtree(dirs.sized_shards(64, "test"))
+    shutil.rmtree(dirs.sized(64, "test").folder)
     third = resize(config, return_state=True)
     states = _task_states(third)
     assert states["resize test to 64px"] == "Completed"

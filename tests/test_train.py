@@ -24,6 +24,7 @@ from planet.learn.lr_finder import exponential_lrs, lr_find, suggestions
 from planet.learn.metrics import f2_thresh
 from planet.learn.model import PretrainedWeightsMissing
 from planet.learn.recipe import Recipe, TrainStage, cpu_demo, lesson3, parse_lr
+from planet.workspace import Workspace
 from tests.fault_hooks import hook_env
 from tests.toy import make_toy_planet
 
@@ -122,7 +123,7 @@ def _small_model():
 
 
 def test_lr_finder_sweeps_and_restores_the_model(toy):
-    data = stages.load_train_data(toy, PLANET.slug, 32)
+    data = stages.load_train_data(Workspace.of(toy, PLANET), 32)
     model = _small_model()
     loader = Loader(data.images, data.train_names, batch_size=16, shuffle=True, drop_last=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -153,7 +154,7 @@ def test_lr_finder_stops_when_the_loss_diverges():
 
 
 def test_training_lowers_the_loss_and_beats_a_constant_predictor(toy):
-    data = stages.load_train_data(toy, PLANET.slug, 32)
+    data = stages.load_train_data(Workspace.of(toy, PLANET), 32)
     model = _small_model()
     train = Loader(data.images, data.train_names, batch_size=8, shuffle=True, drop_last=True)
     valid = Loader(data.images, data.valid_names, batch_size=64)
@@ -175,7 +176,7 @@ def test_training_lowers_the_loss_and_beats_a_constant_predictor(toy):
 
 
 def test_channels_last_training_runs_on_the_cpu(toy):
-    data = stages.load_train_data(toy, PLANET.slug, 32)
+    data = stages.load_train_data(Workspace.of(toy, PLANET), 32)
     model = _small_model().to(memory_format=torch.channels_last)
     kw = dict(batch_size=16, channels_last=True)
     train = Loader(data.images, data.train_names[:32], shuffle=True, drop_last=True, **kw)
@@ -201,9 +202,11 @@ STAGE_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from planet.learn import stages
     from planet.learn.recipe import Recipe
+    from planet.workspace import Workspace
     recipe = Recipe.model_validate_json(sys.argv[2])
     prev = Path(sys.argv[4]) if sys.argv[4] != "-" else None
-    rec = stages.run_stage(sys.argv[1], "planet", recipe, int(sys.argv[3]), previous=prev,
+    ws = Workspace.of(sys.argv[1], "planet")
+    rec = stages.run_stage(ws, recipe, int(sys.argv[3]), previous=prev,
                            device="cpu")
     print("RECORD", json.dumps(rec))
     """
@@ -254,7 +257,7 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_history(tmp_path):
     prev_b = killed / PLANET.slug / first_b["weights"]
     proc = _run_stage_process(killed, 1, prev_b, **hook_env(PLANET_FAULT="train-epoch-2=kill"))
     assert proc.returncode == -9
-    out = stages.models_dir(killed, PLANET.slug, TINY)
+    out = stages.model_run(Workspace.of(killed, PLANET), TINY).folder
     assert [p.name for p in (out / "stage-2.ckpt").iterdir()] == ["epoch-002.pt"]
     assert not (out / "stage-2.pt").exists()
     resumed = _record(_run_stage_process(killed, 1, prev_b))
@@ -268,14 +271,15 @@ def test_a_stage_killed_mid_way_resumes_with_the_same_history(tmp_path):
 def test_a_finished_stage_is_not_trained_again(toy):
     recipe = TINY.model_copy(update={"name": "again"})
     recipe.stages[0] = recipe.stages[0].model_copy(update={"epochs": 1})
-    first = stages.run_stage(toy, PLANET, recipe, 0, device="cpu")
-    again = stages.run_stage(toy, PLANET, recipe, 0, device="cpu")
+    first = stages.run_stage(Workspace.of(toy, PLANET), recipe, 0, device="cpu")
+    again = stages.run_stage(Workspace.of(toy, PLANET), recipe, 0, device="cpu")
     assert again == first
-    out = stages.models_dir(toy, PLANET.slug, recipe)
-    assert stages.stage_complete(out, 0, first["fingerprint"]) is not None
+    run = stages.model_run(Workspace.of(toy, PLANET), recipe)
+    out = run.folder
+    assert run.stage_complete(0, first["fingerprint"]) is not None
     (out / "stage-1.pt").unlink()
-    assert stages.stage_complete(out, 0, first["fingerprint"]) is None
-    redo = stages.run_stage(toy, PLANET, recipe, 0, device="cpu")
+    assert run.stage_complete(0, first["fingerprint"]) is None
+    redo = stages.run_stage(Workspace.of(toy, PLANET), recipe, 0, device="cpu")
     assert redo["sha256"] == first["sha256"]  # retrained, and deterministically
     assert (out / "lr_find-1.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "losses-1.png").is_file()
@@ -284,9 +288,9 @@ def test_a_finished_stage_is_not_trained_again(toy):
 def test_a_recipe_size_without_shards_is_a_clear_error(toy):
     recipe = TINY.model_copy(update={"stages": [TrainStage(size=48, lr="1e-3")]})
     with pytest.raises(stages.StageError, match="48px.*resize stage"):
-        stages.run_stage(toy, PLANET, recipe, 0, device="cpu")
+        stages.run_stage(Workspace.of(toy, PLANET), recipe, 0, device="cpu")
 
 
 def test_read_images_of_toy_data(toy):
-    data = read_images(stages.CompetitionDirs.of(toy, PLANET.slug).sized_shards(64, "train"))
+    data = read_images(Workspace.of(toy, PLANET).sized(64, "train").folder)
     assert data.images.shape == (160, 64, 64, 3) and data.labels.shape == (160, 17)

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 from planet import resize
 from planet.competitions import PLANET
 from planet.fileio import write_json_atomic
-from planet.layout import CompetitionDirs
 from planet.store import shards
 from planet.store.split import random_split, write_split
+from planet.workspace import Workspace
 
 LEARNED = ("agriculture", "clear", "water")  # the tags painted into the images
 
@@ -67,9 +67,9 @@ def make_toy_planet(data_dir: Path, n: int = 160, sizes: tuple[int, ...] = (32,)
     """Sized train shards at each size (the same images, resized by striding) and the split."""
     big = max(sizes)
     names, pixels, labels = toy_images(n, big, seed)
-    dirs = CompetitionDirs.of(data_dir, PLANET.slug)
+    dirs = Workspace.of(data_dir, PLANET.slug)
     for size in sizes:
         step = big // size
-        write_sized(dirs.sized_shards(size, "train"), names, pixels[:, ::step, ::step], labels)
+        write_sized(dirs.sized(size, "train").folder, names, pixels[:, ::step, ::step], labels)
     write_split(dirs.root / "shards" / "split.parquet", random_split(names, 0.25, seed=42))
     return dirs

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from planet.competitions import DataFile
+from planet.constants import MANIFEST
 from planet.extract.members import ArchiveError
 from planet.extract.sevenzip import Decoder, find_7z, stream_tar_7z
 from planet.extract.shard_builder import PROGRESS_FILE, Progress, ShardBuilder
@@ -55,7 +56,6 @@ from planet.fileio import (
     sha256_file,
     write_json_atomic,
 )
-from planet.layout import MANIFEST
 from planet.store.shards import (
     COMPRESSION,
     FORMAT,

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from planet.competitions import DataFile
+from planet.constants import MANIFEST
 from planet.extract.members import KIND_WORDS, REDOWNLOAD, ArchiveError, member_error, safe_parts
 from planet.extract.zip_stream import ZIP_READ_ERRORS, open_zip, zip_kind
 from planet.fileio import atomic_path, folder_lock, read_json, sha256_file, write_json_atomic
-from planet.layout import MANIFEST
 from planet.store.shards import FORMAT_VERSION
 
 __all__ = ["extract_table", "table_complete", "table_record"]

@@ -87,7 +87,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planet import hooks
-from planet.constants import IMAGENET_MEAN, IMAGENET_STD, TASK_TYPES, TaskType
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD, MANIFEST, TASK_TYPES, TaskType
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -97,7 +97,6 @@ from planet.fileio import (
     sha256_json,
     write_json_atomic,
 )
-from planet.layout import MANIFEST
 from planet.resize import read_sized_manifest
 
 if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks

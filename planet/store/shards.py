@@ -8,9 +8,7 @@ parquet file with one row group and the columns of `IMAGE_SCHEMA`:
 - `jpeg` (binary): the image file's bytes, unchanged;
 - `nbytes` (int32): `len(jpeg)`, so sizes can be read without the bytes.
 
-Compression: none. Measured on a 2,000-image shard of 256x256 JPEGs (~17 KB each): snappy
-saves 0.0%, lz4 2.2%, zstd-1 2.4%, zstd-3 3.4%, while writing drops from ~1.9 GB/s (none) to
-1.0 GB/s (lz4), 0.4 GB/s (zstd-1) and reading from ~5.0 GB/s to ~3.0 GB/s. JPEG bytes are
+Compression: none (measurements: bench/README.md). JPEG bytes are
 already entropy-coded; 2% of disk is not worth a codec on every read, and uncompressed pages
 keep the files readable by any parquet reader. Dictionary encoding is off (names are unique)
 and column statistics are written for `image_name` only (min/max of JPEG bytes are useless).
@@ -32,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from planet.constants import MANIFEST
 from planet.fileio import atomic_path, sha256_file, write_json_atomic
-from planet.layout import MANIFEST
 
 FORMAT = "planet-image-shards"
 FORMAT_VERSION = 1

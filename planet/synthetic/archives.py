@@ -28,13 +28,9 @@ from planet.fileio import atomic_path
 FIXED_MTIME = 1492646400
 FIXED_ZIP_DATE = (2017, 4, 20, 0, 0, 0)
 
-# LZMA2 preset for the 7z archives, chosen by measurement on 14 MB of synthetic Planet JPEGs
-# (CPU time, one core): preset 0 compresses at ~4.8 MB/s, preset 1 at ~2.1, preset 5 (7-Zip's
-# default) at ~1.7, preset 9 at ~1.8; all decompress at the same ~15 MB/s, to about the same
-# size (ratio 0.95 vs 0.93: JPEG is already entropy-coded). The decoder does the same
-# literal-by-literal work whatever preset wrote the stream, so reading behaves like the real
-# archive's while writing is 2-3x faster. (The dictionary, 256 KiB at preset 0, only bounds
-# match distances; JPEG data has no long-range repeats to find.)
+# LZMA2 preset 0 for the 7z archives: it compresses 2-3x faster than 7-Zip's default and the
+# decoder does the same literal-by-literal work whatever preset wrote the stream, so reading
+# behaves like the real archive's (JPEG is already entropy-coded; measurements: bench/README.md).
 DEFAULT_LZMA2_PRESET = 0
 
 Member = tuple[str, bytes]

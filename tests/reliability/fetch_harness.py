@@ -25,9 +25,10 @@ from prefect import Task
 from prefect.states import Failed
 
 from planet import kaggle
+from planet.constants import MANIFEST
 from planet.kaggle_local import LocalKaggleServer
 from planet.kaggle_local.server import RequestRecord
-from planet.layout import MANIFEST, CompetitionDirs
+from planet.workspace import Workspace
 from tasks import fetch as fetch_tasks
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ T = TypeVar("T")
 CLIENT_CHUNK = 1 << 20  # the kaggle client (kaggle==2.2.4) writes a download in 1 MiB chunks
 BACKOFF_SCALE = 0.01  # the tasks' backoff (2, 4, 8, 16 s) becomes 0.02 ... 0.16 s
 CLIENT_SLEEP_S = 0.01  # what one of the client's retry sleeps takes here
-CONFIGURED_TRIES = fetch_tasks.download_file.retries + 1  # the pipeline's tries per download
+CONFIGURED_TRIES = fetch_tasks.fetch_file.task.retries + 1  # the pipeline's tries per download
 
 
 def sha(data: bytes) -> str:
@@ -116,7 +117,7 @@ class PipelineFetch:
 
     @property
     def raw(self) -> Path:
-        return CompetitionDirs.of(self.data_dir, self.slug).raw
+        return Workspace.of(self.data_dir, self.slug).raw_dir
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """name -> remote record, listed once (like the flow's listing task)."""
@@ -132,7 +133,7 @@ class PipelineFetch:
     ) -> kaggle.FileRecord:
         """Download `name` as the download task does; its TaskRetries go to downloads[name]."""
         remote = self.listing()[name]
-        retries = self.downloads[name] = TaskRetries(fetch_tasks.download_file, between)
+        retries = self.downloads[name] = TaskRetries(fetch_tasks.fetch_file.task, between)
         seen = self.progress[name] = []
         return retries.run(
             lambda: kaggle.download_file(

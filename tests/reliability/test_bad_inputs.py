@@ -32,26 +32,25 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from flows.cli import load_recipe
 from planet import kaggle, resize, synthetic
 from planet.competitions import PLANET
+from planet.constants import MANIFEST
 from planet.extract.images import extract_images
 from planet.extract.members import ArchiveError
 from planet.extract.shard_builder import PROGRESS_FILE
 from planet.extract.tables import extract_table
 from planet.fileio import TMP_PREFIX, read_json, sha256_bytes, sha256_file, write_json_atomic
 from planet.infer import submission
+from planet.infer.runs import prediction_inputs
 from planet.infer.submission import SubmissionError
-from planet.layout import MANIFEST, CompetitionDirs
 from planet.learn import stages
-from planet.learn.recipe import Recipe, TrainStage
+from planet.learn.recipe import Recipe, TrainStage, load_recipe
 from planet.resize import BadImageError
 from planet.store import shards
 from planet.store.labels import LabelError
+from planet.workspace import Workspace
 from tasks import extract as extract_task
-from tasks import predict as predict_task
 from tasks import resize as resize_task
-from tasks import train as train_task
 from tests.test_archives import planet_7z
 
 SLUG = PLANET.slug
@@ -101,22 +100,22 @@ class DataDir:
 
     def __init__(self, data_dir: Path, download: Download) -> None:
         self.data_dir = str(data_dir)
-        self.dirs = CompetitionDirs.of(data_dir, SLUG)
-        self.dirs.raw.mkdir(parents=True)
+        self.dirs = Workspace.of(data_dir, SLUG)
+        self.dirs.raw_dir.mkdir(parents=True)
         for data_file in PLANET.files:
             self.put(data_file.name, (download.folder / data_file.name).read_bytes())
 
     def put(self, name: str, data: bytes) -> Path:
         """Write a downloaded file and its record in raw/manifest.json (as fetch does)."""
-        path = self.dirs.raw / name
+        path = self.dirs.raw_dir / name
         path.write_bytes(data)
-        records = kaggle.read_manifest(self.dirs.raw)
+        records = kaggle.read_manifest(self.dirs.raw_dir)
         records[name] = {"name": name, "size": len(data), "sha256": sha256_bytes(data)}
-        write_json_atomic(self.dirs.raw / MANIFEST, records)
+        write_json_atomic(self.dirs.raw_dir / MANIFEST, records)
         return path
 
     def source(self, name: str) -> dict[str, Any]:
-        return kaggle.read_raw_records(self.dirs.raw, [name])[name]
+        return kaggle.read_raw_records(self.dirs.raw_dir, [name])[name]
 
     def extract(
         self, name: str, progress: Callable[[int, int | None], None] | None = None
@@ -124,11 +123,11 @@ class DataDir:
         """tasks.extract.extract_images / extract_table, minus Prefect."""
         data_file, source = PLANET.file(name), self.source(name)
         if data_file.kind != "images":
-            return extract_table(self.dirs.root / source["path"], data_file, self.dirs.tables)
+            return extract_table(self.dirs.root / source["path"], data_file, self.dirs.tables_dir)
         return extract_images(
             self.dirs.root / source["path"],
             data_file,
-            self.dirs.original_shards(data_file.split),
+            self.dirs.original(data_file.split).folder,
             shard_size=SHARD,
             progress=progress,
             archive_sha256=source["sha256"],
@@ -136,17 +135,24 @@ class DataDir:
 
     def extracted(self, name: str) -> bool:
         """The extract tasks' own check (a complete output makes the task Cached)."""
-        if PLANET.file(name).kind != "images":
-            return extract_task.table_complete(SLUG, name, self.source(name), self.data_dir)
-        return extract_task.images_complete(SLUG, name, self.source(name), self.data_dir, SHARD)
+        task = extract_task.unpack_table if PLANET.file(name).kind != "images" else None
+        if task is not None:
+            return task.done(ws=self.dirs, file_name=name, source=self.source(name))
+        return extract_task.extract_archive.done(
+            ws=self.dirs,
+            file_name=name,
+            source=self.source(name),
+            shard_size=SHARD,
+            write_files=False,
+        )
 
     def resize(self, split: str) -> dict[str, Any]:
         """tasks.resize.resize_split in this process (client=None runs the same shard calls)."""
         is_test = split != "train"
-        table = None if is_test else resize_task._load_train_labels(SLUG, self.data_dir)
+        table = None if is_test else self.dirs.train_labels()
         return resize.resize_split(
-            self.dirs.original_shards(split),
-            self.dirs.sized_shards(SIZE, split),
+            self.dirs.original(split).folder,
+            self.dirs.sized(SIZE, split).folder,
             SIZE,
             table,
             is_test=is_test,
@@ -154,7 +160,10 @@ class DataDir:
 
     def resized(self, split: str) -> bool:
         """The resize task's own check."""
-        return resize_task.resized(SLUG, split, SIZE, "squish", self.data_dir)
+        source = self.dirs.original(split).read_manifest()
+        return resize_task.resize_images.done(
+            ws=self.dirs, split_name=split, size=SIZE, method="squish", source=source
+        )
 
 
 @pytest.fixture
@@ -237,8 +246,8 @@ def test_a_damaged_download_fails_extraction_and_leaves_nothing(
         assert_no_output(out)
         assert not (out / PROGRESS_FILE).exists()
     else:
-        assert not (data.dirs.tables / LABELS_CSV).exists()
-        assert temp_files(data.dirs.tables) == []
+        assert not (data.dirs.tables_dir / LABELS_CSV).exists()
+        assert temp_files(data.dirs.tables_dir) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +291,7 @@ def test_an_unsafe_member_fails_extraction_after_shards_were_written(
     message = str(err.value)
     assert str(path) in message and repr(name) in message and words in message
     assert REDOWNLOAD in message
-    out = data.dirs.original_shards("train")
+    out = data.dirs.original("train").folder
     assert_no_output(out)
     assert not (out / PROGRESS_FILE).exists()
     assert not data.extracted(TRAIN)
@@ -320,7 +329,7 @@ def _with_bad_image(
     data.put(name, rebuild(tmp_path, name, images))
     manifest = data.extract(name)
     assert manifest["count"] == len(images)
-    assert list(shards.iter_images(data.dirs.original_shards(split))) == images  # bytes as given
+    assert list(shards.iter_images(data.dirs.original(split).folder)) == images  # bytes as given
     assert manifest["not_jpeg"]["examples"] == ([] if case.startswith("jpeg-") else [bad])
     return bad, images
 
@@ -338,7 +347,7 @@ def test_an_undecodable_train_image_is_left_out_and_reported(
     assert [(b["name"], b["shard"]) for b in reported] == [(bad, "part-00001.parquet")]
     assert reported[0]["reason"] and BAD_IMAGE[case][1] in reported[0]["reason"]
     assert data.resized("train") and manifest["count"] == 39
-    sized = resize.read_sized(data.dirs.sized_shards(SIZE, "train"))
+    sized = resize.read_sized(data.dirs.sized(SIZE, "train").folder)
     assert sized.names == [name for name, _ in images if name != bad]
     assert sized.pixels.shape == (39, SIZE, SIZE, 3)
     assert sized.labels is not None
@@ -359,7 +368,7 @@ def test_an_undecodable_test_image_fails_the_resize_naming_it(
     assert f"test image {bad} " in message and "part-00001.parquet" in message
     assert BAD_IMAGE[case][1] in message
     assert REDOWNLOAD in message
-    out = data.dirs.sized_shards(SIZE, "test")
+    out = data.dirs.sized(SIZE, "test").folder
     assert not (out / MANIFEST).exists() and not data.resized("test")
     assert temp_files(out) == []
     # the shard holding the bad image was never written; the one finished before it is whole
@@ -429,7 +438,7 @@ def test_a_bad_labels_csv_fails_before_anything_is_resized(
     assert LABELS_CSV in message and CHECK_LABELS in message
     for word in words:
         assert word in message
-    assert_no_output(data.dirs.sized_shards(SIZE, "train"))
+    assert_no_output(data.dirs.sized(SIZE, "train").folder)
     assert not data.resized("train")
 
 
@@ -449,12 +458,12 @@ def test_a_labels_csv_with_a_bom_or_crlf_is_accepted(
     data.put(LABELS_ZIP, labels_zip(content))
     data.extract(TRAIN)
     record = data.extract(LABELS_ZIP)
-    assert record["rows"] == 40 and (data.dirs.tables / LABELS_CSV).read_bytes() == content
+    assert record["rows"] == 40 and (data.dirs.tables_dir / LABELS_CSV).read_bytes() == content
 
     manifest = data.resize("train")
     assert manifest["count"] == 40 and manifest["bad_images"] == []
     assert data.resized("train")
-    names, values = resize.read_labels(data.dirs.sized_shards(SIZE, "train"))
+    names, values = resize.read_labels(data.dirs.sized(SIZE, "train").folder)
     assert names == [name for name, _ in download.images["train"]] and values is not None
     assert_labels_match(names, values, download.labels_csv)
 
@@ -481,18 +490,18 @@ SUBMISSION_DAMAGE: dict[str, Callable[[list[str]], tuple[list[str], list[str]]]]
 def test_a_submission_with_wrong_rows_is_not_written(data: DataDir, case: str) -> None:
     """tasks.predict.write_submission's call, checked against the real sample submission."""
     data.extract(SAMPLE_ZIP)
-    keys = submission.expected_keys(PLANET, data.dirs.tables)
+    keys = submission.expected_keys(PLANET, data.dirs.tables_dir)
     assert len(keys) == 20
     names, words = SUBMISSION_DAMAGE[case](keys)
     probs = np.random.default_rng(0).random((len(names), len(PLANET.classes)))
-    path = data.dirs.submissions / "run.csv"
+    path = data.dirs.submissions_dir / "run.csv"
     with pytest.raises(SubmissionError) as err:
-        submission.make_submission(PLANET, data.dirs.tables, path, names, probs, thresholds=0.2)
+        submission.make_submission(PLANET, data.dirs.tables_dir, path, names, probs, thresholds=0.2)
     message = str(err.value)
     assert "image_name" in message and "re-run the predict stage" in message
     for word in words:
         assert word in message
-    assert not path.exists() and temp_files(data.dirs.submissions) == []
+    assert not path.exists() and temp_files(data.dirs.submissions_dir) == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,24 +546,23 @@ def test_a_recipe_size_the_resize_stage_did_not_make_fails_the_train_stage(data:
         stages=[TrainStage(size=48, epochs=1, lr="1e-3", batch_size=8)],
     )
     with pytest.raises(stages.StageError) as err:
-        train_task.run_train_stage(SLUG, data.data_dir, recipe, 0, None, device="cpu")
+        stages.fingerprint(data.dirs, recipe, 0, None)
     message = str(err.value)
-    assert str(data.dirs.sized_shards(48, "train")) in message
+    assert str(data.dirs.sized(48, "train").folder) in message
     assert "add 48 to the resize stage's sizes" in message
-    assert not stages.models_dir(data.data_dir, SLUG, recipe).exists()
+    assert not stages.model_run(data.dirs, recipe).folder.exists()
 
 
 @pytest.mark.timeout(60)
 def test_a_model_size_the_test_shards_do_not_have_fails_the_predict_stage(data: DataDir) -> None:
     data.extract(TEST)
     data.resize("test")  # 32 px only
-    bundle = {"bundle": "models/run/export.pt", "sha256": "0" * 64}
     with pytest.raises(FileNotFoundError) as err:
-        predict_task.run_predict(SLUG, data.data_dir, "run", "test", bundle, size=48)
+        prediction_inputs(data.dirs, "test", 48)
     message = str(err.value)
-    assert str(data.dirs.sized_shards(48, "test")) in message
+    assert str(data.dirs.sized(48, "test").folder) in message
     assert "the resize stage must include size 48" in message
-    assert not data.dirs.predictions.exists()
+    assert not data.dirs.predictions_dir.exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,7 +619,7 @@ def test_a_full_disk_while_extracting_keeps_only_whole_shards(
     sizes = download.shard_bytes["train"]
     disk = FullDisk(sizes[0] + sizes[1] + sizes[2] // 2)  # the third shard does not fit
     monkeypatch.setattr(shards, "open", disk.open, raising=False)
-    out = data.dirs.original_shards("train")
+    out = data.dirs.original("train").folder
     with pytest.raises(OSError) as err:
         data.extract(TRAIN)
     assert_disk_full(err, out / "part-00002.parquet")
@@ -637,7 +645,7 @@ def test_a_full_disk_while_resizing_keeps_only_whole_shards(
     data.extract(LABELS_ZIP)
     pixels = SHARD * SIZE * SIZE * 3  # one sized shard's pixel bytes (plus a small footer)
     monkeypatch.setattr(resize, "open", FullDisk(pixels * 3 // 2).open, raising=False)
-    out = data.dirs.sized_shards(SIZE, "train")
+    out = data.dirs.sized(SIZE, "train").folder
     with pytest.raises(OSError) as err:
         data.resize("train")
     assert_disk_full(err, out / "part-00001.parquet")

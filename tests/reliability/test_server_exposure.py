@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import build_parser
+from flows import cli
 from tests.reliability.harness import Services
 from tests.servers import get
 
@@ -54,9 +54,13 @@ def _port(url: str) -> int:
 
 
 def test_the_servers_default_to_loopback() -> None:
-    parser = build_parser()
-    assert parser.parse_args(["server"]).host == "127.0.0.1"
-    assert parser.parse_args(["kaggle-local", "--root", "x"]).host == "127.0.0.1"
+    def host(argv: list[str]) -> str:
+        _, bound, _ = cli.app.parse_args(argv)
+        bound.apply_defaults()
+        return bound.arguments["host"]
+
+    assert host(["server"]) == "127.0.0.1"
+    assert host(["kaggle-local", "--root", "x"]) == "127.0.0.1"
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc/net/tcp")
