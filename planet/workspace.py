@@ -101,15 +101,11 @@ class OriginalShards:
         return images_complete(self.folder, archive_sha256, shard_size=shard_size, files_dir=files)
 
     def read_manifest(self) -> dict[str, Any]:
-        """The extraction manifest (the shards' content hashes)."""
+        """The extraction manifest (the shards' content hashes; ShardError naming the extract
+        stage when the extraction is missing or unfinished)."""
         from planet.store import shards
 
-        try:
-            return shards.read_manifest(self.folder)
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{self.folder} has no complete original-image shards: run the prepare stage first"
-            ) from None
+        return shards.read_manifest(self.folder)
 
     def names(self) -> list[str]:
         """The image names, in shard order."""

@@ -1,38 +1,7 @@
 """Predictions: class probabilities of a model over a sized shard folder, with test-time
 augmentation (TTA), written resumably to `probs.parquet`.
 
-Probabilities (`predict_probs`)
--------------------------------
-The activation follows the task: sigmoid per class for `multi_label` (Planet, 17 tags),
-softmax over the classes for `single_label` (Dogs vs Cats). Logits are cast to float32 before
-the activation; on CUDA the forward runs under bf16 autocast (when the GPU supports bf16). The
-model is put in eval mode for the call and given back in the mode it came in; gradients are off
-(`torch.no_grad`, not `inference_mode`, so the caller may use the result anywhere).
-
-TTA. Our augmented set is the 8 symmetries of the square, `planet.data.dihedral(x, k)` for
-k = 0..7 (k = 0 is the image itself): the augmentation the models are trained with (flips and
-transposes; zoom and lighting are left out at test time). `tta=True` returns the mean of the 8
-PROBABILITIES (not of logits), as fast.ai averages activated predictions. One forward per
-symmetry, in a loop: 8 passes over the batch, no 8x batch in memory.
-
-fast.ai v1's `Learner.TTA(beta=0.4, scale=1.35)` (`fastai/vision/tta.py`, `_TTA`) does:
-
-    preds = learn.get_preds(ds_type, activ=activ)          # plain, un-augmented
-    all_preds = list(learn.tta_only(...))                  # 8 augmented passes
-    avg_preds = torch.stack(all_preds).mean(0)
-    final_preds = preds*beta + avg_preds*(1-beta)          # beta=None: (preds, avg_preds)
-
-where its 8 augmented passes (`_tta_only`) are a zoom by `scale` (1.35) anchored at one of the
-4 corners, with or without a left-right flip (i & 4), plus the training set's other transforms
-(lighting...; not crop_pad, flip_lr, dihedral or zoom): none of them is the plain image. Our
-`beta` keeps that meaning, the weight of the plain prediction, with the 7 NON-IDENTITY
-symmetries (k = 1..7) as the augmented set:
-
-    beta given:  beta * p_0 + (1 - beta) * mean(p_1, ..., p_7)
-    beta None:   mean(p_0, ..., p_7)      (the same as beta = 1/8)
-
-so fast.ai's `TTA(beta=0.4)` becomes `beta=0.4` here (with symmetries instead of corner zooms),
-and `beta=1/8` gives the plain 8-way mean.
+The probabilities of a batch, with TTA, are planet.infer.tta's (`predict_probs`).
 
 A split (`predict_split`)
 -------------------------
@@ -73,12 +42,11 @@ manifest fields (`task=`, `tta=`, `beta=`, ...).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planet import hooks
-from planet.constants import IMAGENET_MEAN, IMAGENET_STD, MANIFEST, TASK_TYPES, TaskType
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD, MANIFEST, TaskType
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -97,6 +65,7 @@ from planet.fileio import (
     sha256_json,
     write_json_atomic,
 )
+from planet.infer.tta import TTA_VIEWS, check_beta, check_task, eval_mode, predict_probs
 from planet.resize import read_sized_manifest
 
 if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks
@@ -110,103 +79,10 @@ PROBS_FILE = "probs.parquet"
 PARTS_DIR = "parts"
 PARTS_SETTINGS = "settings.json"
 PART_SIZE = 2048
-TTA_VIEWS = 8  # the symmetries of the square, `dihedral(x, k)` for k in 0..7
 METADATA_KEY = b"planet.predict"
 NAME_COLUMN = "image_name"
 
 Progress = Callable[[int, int], None]
-
-
-# ---------------------------------------------------------------------------------------------
-# probabilities
-
-
-def _check_task(task: str) -> str:
-    if task not in TASK_TYPES:
-        raise ValueError(f"task must be one of {', '.join(TASK_TYPES)}, not {task!r}")
-    return task
-
-
-def _check_beta(beta: float | None, tta: bool) -> float | None:
-    if beta is None:
-        return None
-    if not tta:
-        raise ValueError("beta mixes the plain and the TTA predictions: it needs tta=True")
-    beta = float(beta)
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must lie in [0, 1], got {beta}")
-    return beta
-
-
-def _activate(logits: torch.Tensor, task: str) -> torch.Tensor:
-    import torch
-
-    """float32 probabilities from logits: sigmoid (multi_label) or softmax over dim 1."""
-    logits = logits.float()
-    return torch.sigmoid(logits) if task == "multi_label" else torch.softmax(logits, dim=1)
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    import torch
-
-    """bf16 autocast on a CUDA device that supports it, else nothing."""
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in eval mode for the block, then back in the mode it was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def predict_probs(
-    model: nn.Module,
-    images: torch.Tensor,
-    task: Task,
-    tta: bool = True,
-    beta: float | None = None,
-) -> torch.Tensor:
-    """float32 probabilities (n, C), on the images' device, of a normalised float NCHW batch.
-
-    Without `tta`: activation(model(x)). With `tta`: the mean over the 8 symmetries
-    `dihedral(x, k)` of activation(model(view)); with `beta` as well:
-    `beta * p_0 + (1 - beta) * mean(p_1..p_7)` (fast.ai v1's mix; see the module doc)."""
-    import torch
-
-    from planet.learn.data import dihedral
-
-    _check_task(task)
-    beta = _check_beta(beta, tta)
-    with torch.no_grad(), _eval_mode(model), _autocast(images.device):
-        plain = _activate(model(images), task)
-        if not tta:
-            return plain
-        others = torch.zeros_like(plain)
-        for k in range(1, TTA_VIEWS):
-            others += _activate(model(dihedral(images, k)), task)
-        if beta is None:
-            return (plain + others) / TTA_VIEWS
-        return beta * plain + (1.0 - beta) * (others / (TTA_VIEWS - 1))
-
-
-def state_dict_sha256(model: nn.Module) -> str:
-    """A fingerprint of a model's state (every entry's name, dtype, shape and bytes), for
-    `settings` when there is no bundle file to hash."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, value in model.state_dict().items():
-        t = value.detach().to("cpu").contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +255,9 @@ def predict_split(
     identifies the model (e.g. `{"bundle_sha256": ...}`) and is recorded. `progress(done,
     total)` is called in images, after each batch (and once for the parts reused)."""
     folder, out_dir = Path(folder), Path(out_dir)
-    _check_task(task)
+    check_task(task)
     classes = _check_classes(classes)
-    beta = _check_beta(beta, tta)
+    beta = check_beta(beta, tta)
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be >= 1")
     import torch
@@ -446,7 +322,7 @@ def predict_split(
             _check_device(model, device)
             data = read_images(folder)
             indices = data.indices(names)  # KeyError naming images not in the folder
-            with _eval_mode(model):
+            with eval_mode(model):
                 for p in todo:
                     a, b = bounds[p]
                     loader = Loader(
@@ -516,5 +392,4 @@ __all__: Sequence[str] = (
     "predict_split",
     "predictions_complete",
     "read_probs",
-    "state_dict_sha256",
 )

@@ -129,8 +129,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on other devices."""
-    if enabled and device.type == "cuda":
+    """bf16 autocast on a CUDA device that supports bf16 (training and prediction alike);
+    nothing on other devices."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
