@@ -25,8 +25,9 @@ from prefect import Task
 from prefect.states import Failed
 
 from planet import kaggle
+from planet.kaggle import client
 from planet.kaggle_local import LocalKaggleServer
-from planet.kaggle_local.server import RequestRecord
+from planet.kaggle_local.http_handler import RequestRecord
 from planet.layout import MANIFEST, CompetitionDirs
 from tasks import fetch as fetch_tasks
 
@@ -151,7 +152,7 @@ def patch_client_sleep(
 ) -> list[float]:
     """Make the kaggle client's retry sleeps take CLIENT_SLEEP_S; returns the delays it asked
     for. `on_sleep(i)` runs during the i-th sleep (0-based): between two of its tries."""
-    module = sys.modules[kaggle._kaggle_api_class().__module__]
+    module = sys.modules[client._kaggle_api_class().__module__]
     asked: list[float] = []
     lock = threading.Lock()
 
