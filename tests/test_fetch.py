@@ -28,9 +28,11 @@ from planet.kaggle import (
     KaggleRulesError,
     KaggleSubmissionLimitError,
     KaggleTransientError,
+    download,
     download_file,
     is_transient,
     list_files,
+    listing,
     load_credentials,
 )
 
@@ -157,7 +159,7 @@ def test_list_files_matches_the_folder(kaggle_server, kaggle_root, creds, monkey
     assert {f.name: f.size for f in files} == expected
     assert all(f.creation_date for f in files)
     assert kaggle.RemoteFile.from_dict(files[0].to_dict()) == files[0]
-    monkeypatch.setattr(kaggle, "LIST_PAGE_SIZE", 1)  # every page holds one file
+    monkeypatch.setattr(listing, "LIST_PAGE_SIZE", 1)  # every page holds one file
     kaggle_server.clear_log()
     paged = list_files(kaggle_root.planet, endpoint=kaggle_server.url, credentials=creds)
     assert paged == files and kaggle_server.count("ListDataFiles") == len(expected)
@@ -607,7 +609,7 @@ def test_pending_submission_times_out_as_transient(
 def test_progress_callback_failures_do_not_break_downloads(
     kaggle_server, kaggle_root, creds, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(kaggle, "PROGRESS_INTERVAL_S", 0.001)
+    monkeypatch.setattr(download, "PROGRESS_INTERVAL_S", 0.001)
     calls: list[tuple[int, int]] = []
 
     def progress(done: int, total: int) -> None:

@@ -35,8 +35,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from planet import hooks, kaggle
+from planet import hooks
 from planet.fileio import read_json, sha256_file, write_json_atomic
+from planet.kaggle.client import KAGGLE_WEB, normalize_endpoint
+from planet.kaggle.credentials import Credentials
+from planet.kaggle.errors import KaggleError, KaggleNotFoundError
+from planet.kaggle.submissions import (
+    SubmissionRef,
+    SubmissionStatus,
+    submit,
+    wait_for_submission,
+)
 
 try:  # POSIX: lock the record against other processes submitting the same file
     import fcntl
@@ -47,16 +56,16 @@ RECORD_SUFFIX = ".submitted.json"
 RECORD_VERSION = 1
 MAX_MESSAGE_LEN = 199  # Kaggle shows short descriptions best; keep well under its limits
 MESSAGE_PREFIX = "planet-pipeline"
-KAGGLE_HOST = urlsplit(kaggle.KAGGLE_WEB).hostname or "www.kaggle.com"
+KAGGLE_HOST = urlsplit(KAGGLE_WEB).hostname or "www.kaggle.com"
 FINAL_STATUSES = ("complete", "error")
 GIT_TIMEOUT_S = 10.0
 
 
-class SubmissionScoringError(kaggle.KaggleError):
+class SubmissionScoringError(KaggleError):
     """Kaggle accepted the file but could not score it (bad columns, ids, values)."""
 
 
-class StaleRecordError(kaggle.KaggleError):
+class StaleRecordError(KaggleError):
     """The record names a submission the endpoint doesn't list (another server, or a reset)."""
 
 
@@ -112,7 +121,7 @@ def git_commit(repo_dir: str | os.PathLike[str] = ".") -> str | None:
 def endpoint_host(endpoint: str | None) -> str:
     """The host a submission goes to: `www.kaggle.com` for None, else the endpoint's host name
     (no scheme, port or user info: a local server gets a new port every run)."""
-    url = kaggle.normalize_endpoint(endpoint)
+    url = normalize_endpoint(endpoint)
     if url is None:
         return KAGGLE_HOST
     return (urlsplit(url).hostname or "localhost").lower()
@@ -180,7 +189,7 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _scrub(text: str | None, credentials: kaggle.Credentials | None) -> str | None:
+def _scrub(text: str | None, credentials: Credentials | None) -> str | None:
     if text is None:
         return None
     if credentials is not None:
@@ -223,15 +232,15 @@ def submit_and_wait(
     message: str,
     *,
     endpoint: str | None = None,
-    credentials: kaggle.Credentials | None = None,
+    credentials: Credentials | None = None,
     record_dir: str | os.PathLike[str] | None = None,
     timeout_s: float = 600.0,
     interval_s: float = 5.0,
     force_new: bool = False,
     run_id: str | None = None,
     on_submit: Callable[[], Any] | None = None,
-    submit_fn: Callable[..., kaggle.SubmissionRef] = kaggle.submit,
-    wait_fn: Callable[..., kaggle.SubmissionStatus] = kaggle.wait_for_submission,
+    submit_fn: Callable[..., SubmissionRef] = submit,
+    wait_fn: Callable[..., SubmissionStatus] = wait_for_submission,
 ) -> dict[str, Any]:
     """Submit the CSV unless this exact file was already submitted here, then wait for scores.
 
@@ -306,7 +315,7 @@ def submit_and_wait(
             endpoint=endpoint,
             credentials=credentials,
         )
-    except kaggle.KaggleNotFoundError:
+    except KaggleNotFoundError:
         if not reuse:
             raise
         raise StaleRecordError(
@@ -315,7 +324,7 @@ def submit_and_wait(
             "submit the file again",
             slug=slug,
         ) from None
-    except kaggle.KaggleError as exc:
+    except KaggleError as exc:
         rec = {**rec, "last_error": _scrub(str(exc), credentials), "updated_at": _now()}
         write_record(rpath, rec)
         raise

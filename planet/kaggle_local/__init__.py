@@ -8,14 +8,9 @@ answers in `<root>/<slug>/_private/solution.csv`) and point the client at `serve
 
 from planet.kaggle_local.faults import Faults
 from planet.kaggle_local.grader import GradeResult, grade_file, grade_texts
-from planet.kaggle_local.server import (
-    PRIVATE_DIR,
-    SOLUTION_FILE,
-    SUBMISSIONS_FILE,
-    LocalKaggleServer,
-    RequestRecord,
-    serve_forever,
-)
+from planet.kaggle_local.http_handler import RequestRecord
+from planet.kaggle_local.server import LocalKaggleServer, serve_forever
+from planet.kaggle_local.store import PRIVATE_DIR, SOLUTION_FILE, SUBMISSIONS_FILE
 
 __all__ = [
     "PRIVATE_DIR",

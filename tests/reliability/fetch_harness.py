@@ -26,8 +26,9 @@ from prefect.states import Failed
 
 from planet import kaggle
 from planet.constants import MANIFEST
+from planet.kaggle import client
 from planet.kaggle_local import LocalKaggleServer
-from planet.kaggle_local.server import RequestRecord
+from planet.kaggle_local.http_handler import RequestRecord
 from planet.workspace import Workspace
 from tasks import fetch as fetch_tasks
 
@@ -152,7 +153,7 @@ def patch_client_sleep(
 ) -> list[float]:
     """Make the kaggle client's retry sleeps take CLIENT_SLEEP_S; returns the delays it asked
     for. `on_sleep(i)` runs during the i-th sleep (0-based): between two of its tries."""
-    module = sys.modules[kaggle._kaggle_api_class().__module__]
+    module = sys.modules[client._kaggle_api_class().__module__]
     asked: list[float] = []
     lock = threading.Lock()
 
