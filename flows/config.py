@@ -345,6 +345,5 @@ STAGE_CONFIGS: tuple[type[Target], ...] = (
     ResizeConfig,
     TrainConfig,
     PredictConfig,
-    RecipeConfig,
     SubmitConfig,
 )

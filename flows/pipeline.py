@@ -22,7 +22,6 @@ from flows.config import (
     PipelineConfig,
     PredictConfig,
     PrepareConfig,
-    RecipeConfig,
     ResizeConfig,
     SubmitConfig,
     TrainConfig,
@@ -53,11 +52,11 @@ def pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         predicted = predict(config.for_stage(PredictConfig))
         out["predicted"] = {k: v["count"] for k, v in predicted.items()}
     if "thresholds" in run:
-        fitted = thresholds(config.for_stage(RecipeConfig))
+        fitted = thresholds(config.for_stage(PredictConfig))
         out.update({k: fitted[k] for k in ("metric", "val_metric_default", "val_metric_tuned")})
         out.update(fitted["summary"])
     if "submission" in run:
-        written = submission(config.for_stage(RecipeConfig))
+        written = submission(config.for_stage(PredictConfig))
         out["submission"] = str(config.workspace.path(written["path"]))
     if "submit" in run:
         submitted = submit(config.for_stage(SubmitConfig))

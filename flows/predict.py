@@ -14,14 +14,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows.config import PredictConfig, RecipeConfig
+from flows.config import PredictConfig
 from planet.fileio import sha256_file
 from planet.infer.runs import VALID, prediction_inputs, prediction_splits, test_splits
 from planet.learn.stages import exported_bundle
 from tasks.predict import fit_validation_decision, predict_images, submission_file
 
 DEFAULT_CONFIG = PredictConfig()
-DEFAULT_RECIPE_CONFIG = RecipeConfig()
 
 
 @flow(name="predict", flow_run_name="predict {config.competition} {config.recipe.name}")
@@ -49,7 +48,7 @@ def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
 
 
 @flow(name="thresholds", flow_run_name="thresholds {config.competition} {config.recipe.name}")
-def thresholds(config: RecipeConfig = DEFAULT_RECIPE_CONFIG) -> dict[str, Any]:
+def thresholds(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Fit the thresholds (or clip) on the validation probabilities."""
     ws, recipe = config.workspace, config.recipe
     valid = ws.predictions(recipe.run_name, VALID).read_manifest()
@@ -62,7 +61,7 @@ def thresholds(config: RecipeConfig = DEFAULT_RECIPE_CONFIG) -> dict[str, Any]:
 
 
 @flow(name="submission", flow_run_name="submission {config.competition} {config.recipe.name}")
-def submission(config: RecipeConfig = DEFAULT_RECIPE_CONFIG) -> dict[str, Any]:
+def submission(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Write submissions/<run>.csv from the test probabilities and the fitted thresholds."""
     ws, run = config.workspace, config.recipe.run_name
     tests = [ws.predictions(run, split).read_manifest() for split in test_splits(ws)]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from planet.constants import MANIFEST
-from planet.fileio import sha256_file
+from planet.fileio import file_lock, sha256_file
 from planet.kaggle import client
 from planet.kaggle.credentials import Credentials
 from planet.kaggle.errors import KaggleTransientError
@@ -26,7 +26,6 @@ from planet.kaggle.listing import RemoteFile, as_remote, find_remote
 from planet.kaggle.raw_manifest import (
     PARTIAL_DIR,
     entry_complete,
-    locked,
     read_manifest,
     update_manifest,
 )
@@ -222,7 +221,7 @@ def download_file(
     dest.mkdir(parents=True, exist_ok=True)
     partial_dir = dest / PARTIAL_DIR
     partial_dir.mkdir(exist_ok=True)
-    with locked(partial_dir / f"{name}.lock"):
+    with file_lock(partial_dir / f"{name}.lock"):
         rem = as_remote(remote) if remote is not None else find_remote(slug, name, endpoint, creds)
         if rem.name != name:
             raise ValueError(f"remote record is for {rem.name!r}, not {name!r}")

@@ -2,51 +2,21 @@
 
 File name -> size, sha256, Kaggle's identity of the file, mtime; `local_file_complete` and
 `read_raw_records` answer from it, so a complete file is neither downloaded nor hashed again.
-Writers take a lock per path (threads) plus flock (other processes sharing the folder).
+Writers take `planet.fileio.file_lock` (other threads and processes sharing the folder wait).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from planet.constants import MANIFEST
-from planet.fileio import read_json, sha256_file, write_json_atomic
+from planet.fileio import file_lock, read_json, sha256_file, write_json_atomic
 from planet.kaggle.listing import RemoteFile, as_remote
 
-try:  # POSIX: also lock against other processes sharing the folder
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
 PARTIAL_DIR = ".partial"  # in dest_dir: downloads in progress (+ the client's resume markers)
-
-
-_locks_guard = threading.Lock()
-_locks: dict[str, threading.Lock] = {}
-
-
-@contextlib.contextmanager
-def locked(lock_file: Path) -> Iterator[None]:
-    """Exclusive lock: a thread lock per path plus flock for other processes."""
-    key = str(lock_file.resolve())
-    with _locks_guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_file, "a") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def read_manifest(dest_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -66,7 +36,7 @@ def read_manifest(dest_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
 
 
 def update_manifest(dest_dir: Path, name: str, entry: dict[str, Any]) -> None:
-    with locked(dest_dir / PARTIAL_DIR / "manifest.lock"):
+    with file_lock(dest_dir / PARTIAL_DIR / "manifest.lock"):
         manifest = read_manifest(dest_dir)
         manifest[name] = entry
         write_json_atomic(dest_dir / MANIFEST, manifest)

@@ -25,18 +25,17 @@ again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from planet import hooks
-from planet.fileio import read_json, sha256_file, write_json_atomic
+from planet.fileio import file_lock, read_json, sha256_file, write_json_atomic
 from planet.kaggle.client import KAGGLE_WEB, normalize_endpoint
 from planet.kaggle.credentials import Credentials
 from planet.kaggle.errors import KaggleError, KaggleNotFoundError
@@ -46,11 +45,6 @@ from planet.kaggle.submissions import (
     submit,
     wait_for_submission,
 )
-
-try:  # POSIX: lock the record against other processes submitting the same file
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 RECORD_SUFFIX = ".submitted.json"
 RECORD_VERSION = 1
@@ -170,21 +164,6 @@ def write_record(path: str | os.PathLike[str], record: dict[str, Any]) -> Path:
     return write_json_atomic(path, record)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive lock on `<record>.lock` (other processes submitting the same file wait)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -269,7 +248,7 @@ def submit_and_wait(
     host = endpoint_host(endpoint)
     rpath = record_path(record_dir if record_dir is not None else path.parent, sha, slug, endpoint)
 
-    with _locked(rpath):
+    with file_lock(rpath.with_name(rpath.name + ".lock")):  # the same file's other submitters wait
         old = read_record(rpath)
         reuse = old is not None and _matches(old, slug, sha, host) and not force_new
         if reuse:

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from planet import hooks
 from planet.fileio import atomic_path
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # a task subclassing Callback on the cached path does not load torch
+    import torch
+    from torch import nn
+
     from planet.learn.lr_finder import LRFinderResult
 
 CHECKPOINT_VERSION = 1
@@ -77,6 +77,8 @@ class Callback:
 
 
 def rng_state() -> dict[str, Any]:
+    import torch
+
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -84,6 +86,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -95,6 +99,8 @@ def checkpoint_path(folder: Path, epoch: int) -> Path:
 
 def latest_checkpoint(folder: Path, key: str) -> dict[str, Any] | None:
     """The newest readable checkpoint in `folder` written for `key` (None when there is none)."""
+    import torch
+
     if not folder.is_dir():
         return None
     for path in sorted(folder.glob("epoch-*.pt"), reverse=True):
@@ -109,6 +115,8 @@ def latest_checkpoint(folder: Path, key: str) -> dict[str, Any] | None:
 
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> Path:
     """Write `state` as the epoch's checkpoint (atomically) and keep only the newest."""
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(folder, state["epoch"])
     with atomic_path(path) as tmp:

@@ -73,8 +73,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from planet.constants import IMAGENET_MEAN, IMAGENET_STD
-from planet.layout import MANIFEST
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD, MANIFEST
 from planet.resize import read_sized_manifest
 
 LabelKind = Literal["multi_hot", "class_index"]

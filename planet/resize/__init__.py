@@ -137,6 +137,7 @@ import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 from planet import hooks
+from planet.constants import MANIFEST
 from planet.fileio import (
     atomic_path,
     folder_lock,
@@ -146,7 +147,6 @@ from planet.fileio import (
     sha256_json,
     write_json_atomic,
 )
-from planet.layout import MANIFEST
 from planet.store import shards
 from planet.store.labels import LabelError, LabelTable
 

@@ -29,7 +29,6 @@ from planet.constants import MANIFEST
 from planet.kaggle import client
 from planet.kaggle_local import LocalKaggleServer
 from planet.kaggle_local.http_handler import RequestRecord
-from planet.workspace import Workspace
 from tasks import fetch as fetch_tasks
 
 T = TypeVar("T")
@@ -118,7 +117,7 @@ class PipelineFetch:
 
     @property
     def raw(self) -> Path:
-        return Workspace.of(self.data_dir, self.slug).raw_dir
+        return Path(self.data_dir).expanduser().resolve() / self.slug / "raw"  # any slug
 
     def listing(self) -> dict[str, dict[str, Any]]:
         """name -> remote record, listed once (like the flow's listing task)."""

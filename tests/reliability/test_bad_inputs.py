@@ -242,7 +242,7 @@ def test_a_damaged_download_fails_extraction_and_leaves_nothing(
     assert str(path) in message and REDOWNLOAD in message and words in message
     assert not data.extracted(name)
     if PLANET.file(name).kind == "images":
-        out = data.dirs.original_shards(PLANET.file(name).split)
+        out = data.dirs.original(PLANET.file(name).split).folder
         assert_no_output(out)
         assert not (out / PROGRESS_FILE).exists()
     else:
