@@ -21,7 +21,7 @@ from planet.fileio import read_json, sha256_file, sha256_json, write_json_atomic
 from planet.infer import predict, submission, thresholds
 from planet.layout import CompetitionDirs
 from planet.report.show import png_data_uri
-from planet.resize import read_labels, read_sized_manifest
+from planet.store.sized import read_labels, read_sized_manifest
 from planet.store.split import read_split
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key

@@ -21,6 +21,7 @@ from planet.extract.archives import table_record
 from planet.layout import CompetitionDirs
 from planet.report import show
 from planet.store import labels, shards, split
+from planet.store.sized import read_sized
 from tasks.caching import key_from, run_cached
 from tasks.progress import Progress, artifact_key
 
@@ -223,7 +224,7 @@ def show_batch(slug: str, size: int, data_dir: str, n: int = 16, seed: int = 0) 
     shards and shown in the UI as a markdown artifact (the image embedded, plus its path)."""
     dirs = CompetitionDirs.of(data_dir, slug)
     folder = dirs.sized_shards(size, "train")
-    sized = resize.read_sized(folder)
+    sized = read_sized(folder)
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(sized.names), size=min(n, len(sized.names)), replace=False))
     path = show.show_batch(

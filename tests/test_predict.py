@@ -22,7 +22,7 @@ from planet.infer.predict import (
     read_probs,
     state_dict_sha256,
 )
-from planet.learn.data import dihedral, to_model_input
+from planet.learn.augment import dihedral, to_model_input
 from planet.store import shards
 
 SIZE = 8

@@ -41,7 +41,7 @@ from torch import nn
 from planet import hooks
 from planet.constants import TaskType
 from planet.fileio import atomic_path
-from planet.learn.data import Loader
+from planet.learn.loader import Loader
 from planet.learn.metrics import epoch_metrics
 
 Task = TaskType

@@ -35,16 +35,17 @@ from planet.fileio import atomic_path, read_json, sha256_file, sha256_json, writ
 from planet.layout import CompetitionDirs
 from planet.learn.recipe import Recipe
 from planet.learn.weights import hub_file_candidates
-from planet.resize import read_sized_manifest
+from planet.store.sized import read_sized_manifest
 from planet.store.split import Split, read_split
 
 if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage really trains:
     # the cached path (fingerprints, completeness checks) stays light (~6 s of imports less)
     import torch
 
-    from planet.learn.data import ImageData, Loader
     from planet.learn.fit import BatchCallback, EpochCallback
+    from planet.learn.loader import Loader
     from planet.learn.lr_finder import LRFinderResult
+    from planet.store.sized import ImageData
 
 CODE_VERSION = "1"
 SPLIT_FILE = "split.parquet"
@@ -115,7 +116,7 @@ def data_fingerprint(data_dir: str | Path, slug: str, size: int) -> str:
 def load_train_data(data_dir: str | Path, slug: str, size: int) -> TrainData:
     """The size's train images with the split's selections (images the resize left out as
     unreadable are dropped from them)."""
-    from planet.learn.data import read_images
+    from planet.store.sized import read_images
 
     fingerprint = data_fingerprint(data_dir, slug, size)
     images = read_images(CompetitionDirs.of(data_dir, slug).sized_shards(size, "train"))
@@ -234,8 +235,9 @@ def run_stage(
     import torch
 
     from planet.constants import IMAGENET_MEAN, IMAGENET_STD
-    from planet.learn.data import Augment, Loader
+    from planet.learn.augment import Augment
     from planet.learn.fit import fit_one_cycle, resolve_device
+    from planet.learn.loader import Loader
     from planet.learn.model import create_model, export_bundle, load_bundle
     from planet.report import plots
 
