@@ -50,8 +50,10 @@ import torch
 from synthetic_data import original_shards
 
 from planet.competitions import PLANET_WEATHER_TAGS
-from planet.learn.data import Augment, Loader, read_images
-from planet.resize import resize_split
+from planet.learn.augment import Augment
+from planet.learn.loader import Loader
+from planet.resize.split import resize_split
+from planet.store.sized import read_images
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,
 )

@@ -39,7 +39,7 @@ import simplejpeg
 from PIL import Image
 
 from planet.competitions import PLANET
-from planet.resize import resize_shard
+from planet.resize.shard import resize_shard
 from planet.store import shards
 from planet.store.labels import LabelTable
 from planet.synthetic.planet_amazon import make_texture_bank, render_jpeg, sample_labels

@@ -72,10 +72,12 @@ from synthetic_data import original_shards
 
 from planet.competitions import PLANET, PLANET_WEATHER_TAGS
 from planet.constants import IMAGENET_MEAN, IMAGENET_STD
-from planet.learn.data import Augment, Loader, read_images
+from planet.learn.augment import Augment
 from planet.learn.fit import _train_step, loss_function, make_optimizer, resolve_device
+from planet.learn.loader import Loader
 from planet.learn.model import create_model
-from planet.resize import resize_split
+from planet.resize.split import resize_split
+from planet.store.sized import read_images
 from planet.synthetic.planet_amazon import (
     CLASS_INDEX,
 )

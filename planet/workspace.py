@@ -32,8 +32,8 @@ from planet.competitions import Competition, DataFile, resolve
 from planet.constants import MANIFEST
 
 if TYPE_CHECKING:  # the catalog is imported by every flow: what it reads loads when read
-    from planet.learn.data import ImageData
     from planet.store.labels import LabelTable
+    from planet.store.sized import ImageData
     from planet.store.split import Split
 
 SPLIT_FILE = "split.parquet"
@@ -164,19 +164,19 @@ class SizedShards:
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest of the finished shards (ShardError naming the resize stage if none)."""
-        from planet.resize import read_sized_manifest
+        from planet.store.sized import read_sized_manifest
 
         return read_sized_manifest(self.folder)
 
     def read(self) -> ImageData:
-        """Every image, memory-mapped (see planet.learn.data)."""
-        from planet.learn.data import read_images
+        """Every image, memory-mapped (planet.store.sized.read_images)."""
+        from planet.store.sized import read_images
 
         return read_images(self.folder)
 
     def labels(self) -> tuple[list[str], Any]:
         """The names and labels without the pixels (None for a test split)."""
-        from planet.resize import read_labels
+        from planet.store.sized import read_labels
 
         return read_labels(self.folder)
 

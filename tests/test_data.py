@@ -18,26 +18,24 @@ from PIL import Image
 
 from planet import resize
 from planet.competitions import DOGS_VS_CATS, PLANET
+from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.fileio import write_json_atomic
-from planet.learn.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from planet.learn.augment import (
     Augment,
     AugmentDraw,
-    DataError,
-    Loader,
     augment_geometry,
     crop_boxes,
     dihedral,
     dihedral_inverse,
     lighting,
     lighting_table,
-    read_images,
     to_model_input,
 )
+from planet.learn.loader import Loader
 from planet.report.show import batch_png, png_data_uri, render_batch, show_batch, to_pixels
 from planet.store import shards
 from planet.store.labels import LabelTable
+from planet.store.sized import DataError, read_images, read_sized, read_sized_manifest
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
@@ -183,7 +181,7 @@ def test_read_images_errors(tmp_path):
     with pytest.raises(shards.ShardError, match="resize"):
         read_images(tmp_path / "missing")
     folder = write_sized(tmp_path / "s", ["a", "b"], id_images(2), None, None)
-    manifest = resize.read_sized_manifest(folder)
+    manifest = read_sized_manifest(folder)
     write_json_atomic(folder / "manifest.json", {**manifest, "count": 3})
     with pytest.raises(DataError, match="3"):
         read_images(folder)
@@ -218,7 +216,7 @@ def test_read_images_on_real_resize_output(tmp_path):
     table = LabelTable(names, y, "multi_hot", PLANET.classes)
     resize.resize_split(original, sized, 32, table)
     data = read_images(sized)
-    ref = resize.read_sized(sized)
+    ref = read_sized(sized)
     assert data.names == ref.names == names
     np.testing.assert_array_equal(data.images, ref.pixels)
     np.testing.assert_array_equal(data.labels, y)

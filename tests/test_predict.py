@@ -17,7 +17,7 @@ from planet.competitions import PLANET
 from planet.fileio import write_json_atomic
 from planet.infer.predict import predict_split, predictions_complete, read_probs
 from planet.infer.tta import predict_probs, state_dict_sha256
-from planet.learn.data import dihedral, to_model_input
+from planet.learn.augment import dihedral, to_model_input
 from planet.store import shards
 
 SIZE = 8

@@ -24,6 +24,7 @@ from planet.extract.images import extract_images
 from planet.extract.tables import extract_table
 from planet.store import shards
 from planet.store.labels import LabelTable, load_labels
+from planet.store.sized import iter_sized, read_sized, read_sized_shard
 
 TRAIN_SHARD = 16  # 40 train images -> 3 original shards
 
@@ -227,7 +228,7 @@ def test_planet_train_split(planet_data: dict[str, Any], tmp_path: Path, size: i
     assert (dest / MANIFEST).is_file()
     assert shards.shard_files(dest) == [dest / s["name"] for s in manifest["shards"]]
 
-    names, labels, pixels = resize.read_sized(dest)
+    names, labels, pixels = read_sized(dest)
     assert names == _names(planet_data["train"])
     assert pixels.shape == (40, size, size, 3) and pixels.dtype == np.uint8
     expected = _csv_labels(planet_data["tables"])
@@ -247,10 +248,10 @@ def test_planet_train_split(planet_data: dict[str, Any], tmp_path: Path, size: i
     assert label_type.value_type == pa.uint8()
     assert str(schema.field("pixels").type) == f"fixed_size_binary[{size * size * 3}]"
     assert pf.metadata.num_row_groups == 1
-    one = resize.read_sized_shard(dest / "part-00000.parquet")
+    one = read_sized_shard(dest / "part-00000.parquet")
     assert one.names == names[:TRAIN_SHARD]
     assert np.array_equal(one.pixels, pixels[:TRAIN_SHARD])
-    assert [s.names for s in resize.iter_sized(dest)] == [names[:16], names[16:32], names[32:]]
+    assert [s.names for s in iter_sized(dest)] == [names[:16], names[16:32], names[32:]]
 
     # shard records are true
     for rec in manifest["shards"]:
@@ -267,14 +268,15 @@ def test_row_groups_read_back_as_one_array(
 ) -> None:
     src, labels = planet_data["train"], planet_data["labels"]
     resize.resize_split(src, tmp_path / "one", 64, labels)
-    monkeypatch.setattr(resize, "ROW_GROUP_BYTES", 5 * 64 * 64 * 3)  # 5 images per row group
+    # 5 images per row group
+    monkeypatch.setattr("planet.resize.shard.ROW_GROUP_BYTES", 5 * 64 * 64 * 3)
     resize.resize_split(src, tmp_path / "many", 64, labels)
     assert pq.ParquetFile(tmp_path / "many" / "part-00000.parquet").metadata.num_row_groups == 4
-    one, many = resize.read_sized(tmp_path / "one"), resize.read_sized(tmp_path / "many")
+    one, many = read_sized(tmp_path / "one"), read_sized(tmp_path / "many")
     assert one.names == many.names
     assert np.array_equal(one.labels, many.labels)
     assert np.array_equal(one.pixels, many.pixels)
-    shard = resize.read_sized_shard(tmp_path / "many" / "part-00000.parquet")
+    shard = read_sized_shard(tmp_path / "many" / "part-00000.parquet")
     assert np.array_equal(shard.pixels, one.pixels[:TRAIN_SHARD])
     assert np.array_equal(shard.labels, one.labels[:TRAIN_SHARD])
 
@@ -282,7 +284,7 @@ def test_row_groups_read_back_as_one_array(
 def test_planet_test_split_has_no_labels(planet_data: dict[str, Any], tmp_path: Path) -> None:
     manifest = resize.resize_split(planet_data["test"], tmp_path / "t", 64, None, is_test=True)
     assert manifest["count"] == 10 and manifest["label_kind"] is None
-    names, labels, pixels = resize.read_sized(tmp_path / "t")
+    names, labels, pixels = read_sized(tmp_path / "t")
     assert labels is None and pixels.shape == (10, 64, 64, 3)
     assert names == _names(planet_data["test"])
     with pytest.raises(ValueError, match="labels"):
@@ -298,7 +300,7 @@ def test_dogs_labels_and_crop(dogs_data: dict[str, Any], tmp_path: Path) -> None
         dogs_data["train"], tmp_path / "d", 83, dogs_data["labels"], method="crop"
     )
     assert manifest["label_kind"] == "class_index" and manifest["method"] == "crop"
-    names, labels, pixels = resize.read_sized(tmp_path / "d")
+    names, labels, pixels = read_sized(tmp_path / "d")
     assert labels is not None and labels.dtype == np.int16
     assert [DOGS_VS_CATS.classes[i] for i in labels] == [n.split(".")[0] for n in names]
     assert pixels.shape == (8, 83, 83, 3)
@@ -337,7 +339,7 @@ def test_bad_train_images_are_left_out(planet_data: dict[str, Any], tmp_path: Pa
     assert [b["name"] for b in manifest["bad_images"]] == [names[2], names[4]]
     assert all(b["reason"] and b["shard"] == "part-00000.parquet" for b in manifest["bad_images"])
     assert "not a JPEG" in manifest["bad_images"][1]["reason"]
-    got_names, labels, _ = resize.read_sized(tmp_path / "out")
+    got_names, labels, _ = read_sized(tmp_path / "out")
     assert got_names == [n for i, n in enumerate(names) if i not in (2, 4)]
     table: LabelTable = planet_data["labels"]
     assert labels is not None
@@ -388,7 +390,7 @@ def test_resume_reuses_complete_shards(
         records.append(real(*args, **kwargs))
         return records[-1]
 
-    monkeypatch.setattr(resize, "resize_shard", spy)
+    monkeypatch.setattr("planet.resize.split.resize_shard", spy)
     manifest = resize.resize_split(src, out, 83, labels)
     assert [r["reused"] for r in records] == [False, True, False]
     after = (out / "part-00001.parquet").stat()
@@ -401,14 +403,14 @@ def test_resume_reuses_complete_shards(
     def fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise AssertionError("a complete split did work")
 
-    monkeypatch.setattr(resize, "resize_shard", fail)
+    monkeypatch.setattr("planet.resize.split.resize_shard", fail)
     assert resize.resize_split(src, out, 83, labels) == manifest
 
     # a deleted shard is redone, alone
     (out / "part-00002.parquet").unlink()
     assert resize.sized_complete(out, shards.read_manifest(src), 83) is None
     records.clear()
-    monkeypatch.setattr(resize, "resize_shard", spy)
+    monkeypatch.setattr("planet.resize.split.resize_shard", spy)
     assert resize.resize_split(src, out, 83, labels) == manifest
     assert [r["reused"] for r in records] == [True, True, False]
 
@@ -427,7 +429,7 @@ def test_changed_labels_redo_only_their_shard(planet_data: dict[str, Any], tmp_p
     after = {p.name: p.stat().st_ino for p in shards.shard_files(out)}
     assert [n for n in before if before[n] != after[n]] == ["part-00001.parquet"]
     assert second["labels_sha256"] != first["labels_sha256"]
-    names, got, _ = resize.read_sized(out)
+    names, got, _ = read_sized(out)
     assert got is not None
     assert np.array_equal(got[names.index(target)], values[labels.index[target]])
 

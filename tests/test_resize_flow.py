@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from flows.config import PrepareConfig, ResizeConfig
-from planet import resize as resize_lib
 from planet import synthetic
 from planet.competitions import PLANET
 from planet.store import split
 from planet.store.labels import load_labels
+from planet.store.sized import read_sized
 from planet.workspace import Workspace
 
 pytestmark = pytest.mark.slow
@@ -104,13 +104,13 @@ def test_resize_flow_on_a_cluster_by_address(prepared, cluster):
     }
     for size in ("32", "64"):
         assert {k: v["count"] for k, v in summary["sized"][size].items()} == expected
-    sized = resize_lib.read_sized(dirs.sized(64, "train").folder)
+    sized = read_sized(dirs.sized(64, "train").folder)
     assert sized.pixels.shape == (SIZES["train"], 64, 64, 3)
 
     # labels travel with names: compare with train_v2.csv
     table = load_labels(PLANET, dirs.tables_dir, sized.names).take(sized.names)
     assert np.array_equal(sized.labels, table.values)
-    assert resize_lib.read_sized(dirs.sized(32, "test").folder).labels is None
+    assert read_sized(dirs.sized(32, "test").folder).labels is None
 
     # the stored split is fast.ai's over the CSV order
     stored = split.read_split(dirs.root / "shards" / "split.parquet")

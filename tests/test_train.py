@@ -18,12 +18,13 @@ from torch import nn
 
 from planet.competitions import PLANET
 from planet.learn import stages
-from planet.learn.data import Loader, read_images
 from planet.learn.fit import fit_one_cycle, make_one_cycle, make_optimizer
+from planet.learn.loader import Loader
 from planet.learn.lr_finder import exponential_lrs, lr_find, suggestions
 from planet.learn.metrics import f2_thresh
 from planet.learn.model import PretrainedWeightsMissing
 from planet.learn.recipe import Recipe, TrainStage, cpu_demo, lesson3, parse_lr
+from planet.store.sized import read_images
 from planet.workspace import Workspace
 from tests.fault_hooks import hook_env
 from tests.toy import make_toy_planet

@@ -66,7 +66,7 @@ from planet.fileio import (
     write_json_atomic,
 )
 from planet.infer.tta import TTA_VIEWS, check_beta, check_task, eval_mode, predict_probs
-from planet.resize import read_sized_manifest
+from planet.store.sized import read_sized_manifest, read_sized_names
 
 if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks
     import torch
@@ -185,15 +185,6 @@ def predictions_complete(
 # a split
 
 
-def _folder_names(folder: Path, manifest: dict[str, Any]) -> list[str]:
-    """Every image name of a sized folder, in shard order (the names column only)."""
-    names: list[str] = []
-    for rec in manifest["shards"]:
-        table = pq.read_table(folder / rec["name"], columns=[NAME_COLUMN])
-        names += table.column(0).to_pylist()
-    return names
-
-
 def _check_device(model: nn.Module, device: torch.device) -> None:
     param = next(model.parameters(), None)
     if param is None:
@@ -262,7 +253,8 @@ def predict_split(
         raise ValueError("batch_size and part_size must be >= 1")
     import torch
 
-    from planet.learn.data import Loader, read_images
+    from planet.learn.loader import Loader
+    from planet.store.sized import read_images
 
     device = torch.device(device)
     sized = read_sized_manifest(folder)
@@ -271,7 +263,7 @@ def predict_split(
         if len(set(names)) != len(names):
             raise ValueError("select names an image more than once")
     else:
-        names = _folder_names(folder, sized)
+        names = read_sized_names(folder, sized)
     n = len(names)
     settings = _jsonable(settings or {})
     config = _jsonable(

@@ -91,7 +91,7 @@ def predict_probs(
     `beta * p_0 + (1 - beta) * mean(p_1..p_7)` (fast.ai v1's mix; see the module doc)."""
     import torch
 
-    from planet.learn.data import dihedral
+    from planet.learn.augment import dihedral
     from planet.learn.fit import activation, autocast
 
     check_task(task)

@@ -51,7 +51,7 @@ from planet.learn.callbacks import (
     rng_state,
     set_rng_state,
 )
-from planet.learn.data import Loader
+from planet.learn.loader import Loader
 from planet.learn.metrics import epoch_metrics
 
 Task = TaskType

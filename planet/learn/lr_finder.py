@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from planet.learn.data import Loader
 from planet.learn.fit import (
     Task,
     _train_step,
@@ -31,6 +30,7 @@ from planet.learn.fit import (
     param_groups,
     preserved,
 )
+from planet.learn.loader import Loader
 
 SKIP_START = 10
 SKIP_END = 5

@@ -43,8 +43,9 @@ if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage re
     import torch
 
     from planet.learn.callbacks import Callback
-    from planet.learn.data import ImageData, Loader
+    from planet.learn.loader import Loader
     from planet.learn.lr_finder import LRFinderResult
+    from planet.store.sized import ImageData
 
 CODE_VERSION = "1"
 VALID_BATCH_FACTOR = 2  # validation batches are this many times the training batch
@@ -219,7 +220,8 @@ def _loaders(
     data: TrainData, stage: TrainStage, recipe: Recipe, **common: Any
 ) -> tuple[Loader, Loader]:
     """The shuffled, augmented train loader and the validation loader of one stage."""
-    from planet.learn.data import Augment, Loader
+    from planet.learn.augment import Augment
+    from planet.learn.loader import Loader
 
     train = Loader(
         data.images,

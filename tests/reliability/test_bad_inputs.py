@@ -48,6 +48,7 @@ from planet.learn.recipe import Recipe, TrainStage, load_recipe
 from planet.resize import BadImageError
 from planet.store import shards
 from planet.store.labels import LabelError
+from planet.store.sized import read_labels, read_sized
 from planet.workspace import Workspace
 from tasks import extract as extract_task
 from tasks import resize as resize_task
@@ -347,7 +348,7 @@ def test_an_undecodable_train_image_is_left_out_and_reported(
     assert [(b["name"], b["shard"]) for b in reported] == [(bad, "part-00001.parquet")]
     assert reported[0]["reason"] and BAD_IMAGE[case][1] in reported[0]["reason"]
     assert data.resized("train") and manifest["count"] == 39
-    sized = resize.read_sized(data.dirs.sized(SIZE, "train").folder)
+    sized = read_sized(data.dirs.sized(SIZE, "train").folder)
     assert sized.names == [name for name, _ in images if name != bad]
     assert sized.pixels.shape == (39, SIZE, SIZE, 3)
     assert sized.labels is not None
@@ -463,7 +464,7 @@ def test_a_labels_csv_with_a_bom_or_crlf_is_accepted(
     manifest = data.resize("train")
     assert manifest["count"] == 40 and manifest["bad_images"] == []
     assert data.resized("train")
-    names, values = resize.read_labels(data.dirs.sized(SIZE, "train").folder)
+    names, values = read_labels(data.dirs.sized(SIZE, "train").folder)
     assert names == [name for name, _ in download.images["train"]] and values is not None
     assert_labels_match(names, values, download.labels_csv)
 
@@ -644,7 +645,7 @@ def test_a_full_disk_while_resizing_keeps_only_whole_shards(
     data.extract(TRAIN)
     data.extract(LABELS_ZIP)
     pixels = SHARD * SIZE * SIZE * 3  # one sized shard's pixel bytes (plus a small footer)
-    monkeypatch.setattr(resize, "open", FullDisk(pixels * 3 // 2).open, raising=False)
+    monkeypatch.setattr("planet.resize.shard.open", FullDisk(pixels * 3 // 2).open, raising=False)
     out = data.dirs.sized(SIZE, "train").folder
     with pytest.raises(OSError) as err:
         data.resize("train")
