@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from planet.constants import MANIFEST
 from planet.fileio import folder_lock, read_json, remove_stale_temps, sha256_json, write_json_atomic
-from planet.layout import MANIFEST
 from planet.resize.image import RESAMPLE, Method, check_method, check_size
 from planet.resize.shard import COMPRESSION, labels_digest, read_names, resize_shard, shard_schema
 from planet.store import shards
