@@ -119,7 +119,8 @@ def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
 
     from flows.config import TrainConfig
     from planet.competitions import PLANET
-    from planet.learn.stages import models_dir
+    from planet.learn.stages import model_run
+    from planet.workspace import Workspace
     from tests.toy import make_toy_planet
 
     data_dir = tmp_path / "data"
@@ -181,4 +182,4 @@ def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
             os.killpg(worker.pid, 15)
             worker.wait(timeout=60)
     trained = TrainConfig(competition="planet", data_dir=str(data_dir), recipe=recipe).recipe
-    assert (models_dir(data_dir, PLANET.slug, trained) / "export.pt").is_file()
+    assert model_run(Workspace.of(data_dir, PLANET), trained).export.is_file()
