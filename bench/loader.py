@@ -1,4 +1,4 @@
-"""Benchmark: this project's training loader (`planet.data.Loader` over 128 px sized shards,
+"""Benchmark: this project's training loader (`planet.learn.loader.Loader` over 128 px sized shards,
 augmentation batched on the device) against the usual torchvision pipeline (`ImageFolder` of
 JPEG files + PIL + `transforms` in a `DataLoader`), on the same images, on the CPU.
 

@@ -16,7 +16,7 @@ pretrained=False)`, a fresh instance from the same seed on each side):
 
 - project: `read_images` (not timed: once per training run), `Loader(shuffle=True,
   drop_last=True, augment=Augment(), workers=--workers)` (dihedral, zoom, lighting per sample,
-  in threads) feeding `planet.train._train_step` with `make_optimizer` (AdamW per layer group)
+  in threads) feeding `planet.learn.fit._train_step` with `make_optimizer` (AdamW per layer group)
   and BCE-with-logits on the multi-hot targets: what `fit_one_cycle` runs per batch (less the
   scheduler step). As the train stage runs: channels_last model and batches on every device
   (measured +15-25% per step on this CPU), bf16 autocast on CUDA;

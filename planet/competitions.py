@@ -5,7 +5,7 @@ to fetch and how to extract them (`files`), where labels come from (`labels`: th
 of a CSV, or the first dot-separated part of each file name), the task (multi-label: sigmoid,
 BCE, thresholds; single-label: softmax, cross-entropy, a probability clip), the metric, the
 submission's columns (and for a single-label probability submission, the class whose
-probability is written), and the default recipes (`planet.recipe.RECIPES`).
+probability is written), and the default recipes (`planet.learn.recipe.RECIPES`).
 
 A competition is named by its Kaggle slug; short aliases (`planet`, `dogs-vs-cats`) are
 accepted wherever a competition is named (`resolve`). Adding a third is one more instance in
@@ -56,7 +56,7 @@ class Competition:
     submission_columns: tuple[str, str]
     labels: Literal["csv_tags", "file_names"] = "csv_tags"
     positive_class: str | None = None  # single-label: the class whose probability is submitted
-    default_recipe: str = "lesson3"  # a name in planet.recipe.RECIPES
+    default_recipe: str = "lesson3"  # a name in planet.learn.recipe.RECIPES
     demo_recipe: str = "cpu-demo"  # what `planet demo` trains on the CPU
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 

@@ -1,4 +1,4 @@
-"""Prefect task over planet.submit_record: submit a predictions CSV once, wait for its score.
+"""Prefect task over planet.kaggle.submit_record: submit a predictions CSV once, wait for its score.
 
 Retries: only transient errors (429, 5xx, dropped connections, still pending at the timeout)
 are retried, with exponential backoff and jitter, and a 429's Retry-After is honoured (the

@@ -1,4 +1,4 @@
-"""Streaming extraction (planet.archives) and the parquet shard helpers (planet.shards).
+"""Streaming extraction (planet.extract) and the parquet shard helpers (planet.store.shards).
 
 Every archive is built here, in tmp_path, with tarfile/zipfile/py7zr.
 """

@@ -521,7 +521,7 @@ def test_lighting_moves_brightness_within_the_fastai_bound():
 
 
 def test_torchvision_v2_draws_once_per_batch():
-    """Why planet.data does not use transforms.v2 for per-sample augmentation."""
+    """Why planet.learn.augment does not use transforms.v2 for per-sample augmentation."""
     from torchvision.transforms import v2
 
     torch.manual_seed(0)

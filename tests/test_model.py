@@ -1,4 +1,4 @@
-"""planet.model: fast.ai's head and layer groups, freezing, pretrained weights, bundles."""
+"""planet.learn.model: fast.ai's head and layer groups, freezing, pretrained weights, bundles."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def _jpeg(arr: np.ndarray, **kw: Any) -> bytes:
 
 
 def _write_original(folder: Path, names: list[str], jpegs: list[bytes], split: str) -> Path:
-    """An original-image shard folder made directly with planet.shards (one shard)."""
+    """An original-image shard folder made directly with planet.store.shards (one shard)."""
     rec = shards.write_shard(folder / shards.shard_name(0), shards.image_table(names, jpegs))
     shards.write_manifest(
         folder,
@@ -197,7 +197,7 @@ def test_bad_sizes_rejected(planet_data: dict[str, Any], size: Any) -> None:
 
 
 def _csv_labels(tables: Path) -> dict[str, np.ndarray]:
-    """train_v2.csv read independently of planet.labels: name -> multi-hot in class order."""
+    """train_v2.csv read independently of planet.store.labels: name -> multi-hot in class order."""
     out = {}
     with open(tables / "train_v2.csv", encoding="utf-8-sig", newline="") as fh:
         for row in csv.DictReader(fh):

@@ -74,7 +74,7 @@ def test_f2_at_matches_sklearn(t):
 def test_f2_at_empty_sample_scores_zero_like_sklearn_zero_division_0():
     y = np.array([[0, 0], [1, 0]])
     p = np.array([[0.0, 0.0], [0.9, 0.0]])
-    assert f2_at(p, y, 0.2) == 0.5  # planet.metrics: no true and no predicted tag scores 0
+    assert f2_at(p, y, 0.2) == 0.5  # planet.learn.metrics: no true and no predicted tag scores 0
     assert fbeta_score(y, p > 0.2, beta=2, average="samples", zero_division=0) == 0.5
     assert fbeta_score(y, p > 0.2, beta=2, average="samples", zero_division=1) == 1.0
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from planet.competitions import Competition
-from planet.fileio import read_json, write_json_atomic
+from planet.fileio import write_json_atomic
 
 
 class Decision(ABC):
@@ -192,8 +192,3 @@ DECISIONS: dict[str, type[Decision]] = {
 def decision_for(competition: Competition) -> Decision:
     """The competition's decision (by its task type)."""
     return DECISIONS[competition.task](competition)
-
-
-def read_fitted(path: Path) -> dict[str, Any]:
-    """A thresholds.json as written by `Decision.write`."""
-    return read_json(path)

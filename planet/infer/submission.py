@@ -5,7 +5,7 @@ Design:
 - Keys. The sample submission (extracted by the prepare stage into `tables/<table_name>`, bytes
   unchanged, so a BOM and CRLF are accepted) lists every key Kaggle expects, in its column
   `comp.submission_columns[0]`. Test image names are the names stored in the shards: the archive
-  member's file name less `.jpg` (`planet.archives`). A trailing `.jpg`/`.jpeg` is stripped
+  member's file name less `.jpg` (`planet.extract`). A trailing `.jpg`/`.jpeg` is stripped
   anyway, so a name and its key map one to one:
   Planet `test-jpg/test_0.jpg` -> shard name `test_0` -> `image_name` `test_0` (and
   `test-jpg-additional/file_0.jpg` -> `file_0`); Dogs vs Cats `test/12.jpg` -> `12` -> `id` `12`.

@@ -3,7 +3,7 @@
 Design:
 
 - Planet (mean F2 over samples). A tag is predicted when `prob > threshold`, like fast.ai.
-  `f2_at` scores one threshold or one per class with `planet.metrics.fbeta_samples` (a sample
+  `f2_at` scores one threshold or one per class with `planet.learn.metrics.fbeta_samples` (a sample
   with no true and no predicted tag scores 0, as scikit-learn's `zero_division=0`).
   `best_global_threshold` is fast.ai's lesson: the best single threshold over 0.17-0.23.
   `fit_class_thresholds` is coordinate ascent over the classes: for one class the other classes'

@@ -365,7 +365,9 @@ def load_bundle(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     path = Path(path)
     obj = _torch_load(path, "model bundle")
     if not isinstance(obj, dict) or obj.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path} is not a model bundle (written by planet.model.export_bundle)")
+        raise ValueError(
+            f"{path} is not a model bundle (written by planet.learn.model.export_bundle)"
+        )
     version = obj.get("format_version")
     if version != BUNDLE_VERSION:
         raise ValueError(f"{path} is bundle format {version}; this code reads {BUNDLE_VERSION}")

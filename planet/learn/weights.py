@@ -37,7 +37,7 @@ def hub_dir() -> Path:
 
 
 def hub_file_candidates(arch: str) -> list[Path]:
-    """The hub-cache paths `planet.model.create_model` looks at for `arch`, in order."""
+    """The hub-cache paths `planet.learn.model.create_model` looks at for `arch`, in order."""
     try:
         names = HUB_FILES[arch]
     except KeyError:

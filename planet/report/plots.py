@@ -3,7 +3,7 @@
 Design: matplotlib's object API only (`Figure` + `FigureCanvasAgg`), never `pyplot`: no global
 figure registry, no backend selection and no rcParams changes, so the functions are safe to call
 from worker threads at once and import nothing GUI. Every function returns PNG `bytes` (small
-figures, 6x4 in at 100 dpi, a few tens of KB, so a `data:` URI from `planet.show.png_data_uri`
+figures, 6x4 in at 100 dpi, a few tens of KB, so a `data:` URI from `planet.report.show.png_data_uri`
 fits in a Prefect markdown artifact); `write_png` stores them atomically.
 
 Inputs are plain sequences or dicts; non-finite values (a diverged LR sweep's NaN/inf losses) are

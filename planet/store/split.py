@@ -91,7 +91,9 @@ def read_split(path: str | Path) -> Split:
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(META_KEY, b"{}"))
     if not meta:
-        raise ValueError(f"{path} is not a split written by planet.split (no settings metadata)")
+        raise ValueError(
+            f"{path} is not a split written by planet.store.split (no settings metadata)"
+        )
     return Split(
         names=table.column("image_name").to_pylist(),
         is_valid=table.column("is_valid").to_numpy(zero_copy_only=False).astype(bool),
