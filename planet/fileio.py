@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from planet.constants import MANIFEST
+
 CHUNK = 1 << 20
 TMP_PREFIX = ".tmp-"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -98,6 +100,29 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_json(obj: Any) -> str:
     """A stable hash of a JSON-serialisable object (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def manifest_of(folder: str | os.PathLike[str], fmt: str, version: int) -> dict[str, Any] | None:
+    """`folder`'s manifest.json when it is a `fmt` manifest of format `version`; None when it is
+    missing, unreadable or another format's (the first step of every stage's complete())."""
+    try:
+        manifest = read_json(Path(folder) / MANIFEST)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if manifest.get("format") != fmt or manifest.get("format_version") != version:
+        return None
+    return manifest
+
+
+def files_intact(folder: str | os.PathLike[str], records: Any) -> bool:
+    """Every record's file (`name`) is in `folder` with its recorded size (`bytes`)."""
+    for rec in records:
+        path = Path(folder) / rec["name"]
+        if not path.is_file() or path.stat().st_size != rec["bytes"]:
+            return False
+    return True
 
 
 def remove_stale_temps(folder: str | os.PathLike[str]) -> int:

@@ -50,7 +50,9 @@ from planet.extract.shard_builder import PROGRESS_FILE, Progress, ShardBuilder
 from planet.extract.zip_stream import stream_zip
 from planet.fileio import (
     TMP_PREFIX,
+    files_intact,
     folder_lock,
+    manifest_of,
     read_json,
     remove_stale_temps,
     sha256_file,
@@ -98,23 +100,15 @@ def images_complete(
     complete (manifest present and matching, every shard file of its recorded size, and, with
     `files_dir`, that folder holding `count` .jpg files); else None. Reads no shard."""
     out_dir = Path(out_dir)
-    path = out_dir / MANIFEST
-    try:
-        manifest = read_json(path)
-    except (OSError, ValueError):
-        return None
+    manifest = manifest_of(out_dir, FORMAT, FORMAT_VERSION)
     try:
         if (
-            manifest.get("format") != FORMAT
-            or manifest.get("format_version") != FORMAT_VERSION
+            manifest is None
             or manifest.get("config") != _config(shard_size)
             or manifest["source"]["sha256"] != archive_sha256
+            or not files_intact(out_dir, manifest["shards"])
         ):
             return None
-        for rec in manifest["shards"]:
-            p = out_dir / rec["name"]
-            if not p.is_file() or p.stat().st_size != rec["bytes"]:
-                return None
         if files_dir is not None and not _files_complete(Path(files_dir), manifest["count"]):
             return None
     except (AttributeError, KeyError, TypeError):  # not a manifest of ours

@@ -58,7 +58,9 @@ from planet import hooks
 from planet.constants import IMAGENET_MEAN, IMAGENET_STD, MANIFEST, TaskType
 from planet.fileio import (
     atomic_path,
+    files_intact,
     folder_lock,
+    manifest_of,
     read_json,
     remove_stale_temps,
     sha256_file,
@@ -155,14 +157,11 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray, tuple[str, ...]
 
 def _complete_manifest(out_dir: Path) -> dict[str, Any] | None:
     """The manifest of `out_dir` when its `probs.parquet` is the one it records, else None."""
+    manifest = manifest_of(out_dir, FORMAT, FORMAT_VERSION)
     try:
-        manifest = read_json(out_dir / MANIFEST)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        if manifest is None or not files_intact(out_dir, [manifest["probs"]]):
             return None
-        probs = out_dir / manifest["probs"]["name"]
-        if not probs.is_file() or probs.stat().st_size != manifest["probs"]["bytes"]:
-            return None
-        if sha256_file(probs) != manifest["probs"]["sha256"]:
+        if sha256_file(out_dir / manifest["probs"]["name"]) != manifest["probs"]["sha256"]:
             return None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from planet.constants import MANIFEST
-from planet.fileio import folder_lock, read_json, remove_stale_temps, sha256_json, write_json_atomic
+from planet.fileio import (
+    files_intact,
+    folder_lock,
+    manifest_of,
+    remove_stale_temps,
+    sha256_json,
+    write_json_atomic,
+)
 from planet.resize.image import RESAMPLE, Method, check_method, check_size
 from planet.resize.shard import COMPRESSION, labels_digest, read_names, resize_shard, shard_schema
 from planet.store import shards
@@ -70,25 +77,17 @@ def sized_complete(
     size; else None. With `labels`, they must also be the labels it was made with. Cheap: reads
     the manifest and stats the shard files."""
     folder = Path(folder)
-    try:
-        manifest = read_json(folder / MANIFEST)
-    except (OSError, ValueError):
-        return None
+    manifest = manifest_of(folder, FORMAT, FORMAT_VERSION)
     try:
         if (
-            manifest.get("format") != FORMAT
-            or manifest.get("format_version") != FORMAT_VERSION
+            manifest is None
             or manifest["size"] != size
             or manifest["method"] != method
             or manifest["source"]["sha256"] != sha256_json(source_manifest)
+            or (labels is not None and manifest["labels_sha256"] != labels_digest(labels))
+            or not files_intact(folder, manifest["shards"])
         ):
             return None
-        if labels is not None and manifest["labels_sha256"] != labels_digest(labels):
-            return None
-        for rec in manifest["shards"]:
-            p = folder / rec["name"]
-            if not p.is_file() or p.stat().st_size != rec["bytes"]:
-                return None
     except (AttributeError, KeyError, TypeError):  # not a manifest of ours
         return None
     return manifest
