@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from cyclopts import App, CycloptsError, Parameter
 from pydantic import Field, ValidationError
@@ -133,6 +133,12 @@ def demo(
     stages: Annotated[
         list[PipelineStage], Parameter(help="stages to run (default: all, submitting locally)")
     ] = list(PIPELINE_STAGES),  # noqa: B006 (cyclopts reads the default; never mutated)
+    folds: Annotated[
+        int, Parameter(help="an ensemble of that many k-fold members of the recipe (1: one model)")
+    ] = 1,
+    combine: Annotated[
+        Literal["mean", "stack", "best"], Parameter(help="how an ensemble's members combine")
+    ] = "mean",
     train: Sizes = None,
     test: Sizes = None,
     additional: Annotated[int | None, Parameter(help="Planet test-jpg-additional images")] = None,
@@ -155,6 +161,8 @@ def demo(
         seed=seed,
         recipe=load_recipe(recipe) if recipe else None,
         stages=list(stages),
+        folds=folds,
+        combine=combine,
     )
     print(epoch_table(summary))
     for key in ("val_metric_default", "val_metric_tuned", "score"):

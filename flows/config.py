@@ -26,6 +26,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from planet.competitions import Competition, resolve
 from planet.infer.predict import PART_SIZE
+from planet.learn.members import Fold, Member, ensemble_name, members
 from planet.learn.recipe import Recipe, load_recipe, named_recipe
 from planet.workspace import Workspace
 
@@ -77,13 +78,6 @@ class ResizeOptions(Options):
     )
     valid_pct: float = Field(0.2, ge=0.0, lt=1.0, description="Validation share (fast.ai 0.2).")
     split_seed: int = Field(42, description="Seed of the validation split (fast.ai 42).")
-    folds: int | None = Field(
-        None,
-        ge=2,
-        le=20,
-        validation_alias=AliasChoices("folds", "n_folds"),
-        description="Also assign every train image to one of k folds (k-fold ensembles).",
-    )
 
     @field_validator("sizes")
     @classmethod
@@ -96,11 +90,65 @@ class ResizeOptions(Options):
         return sorted(set(value))
 
 
+class EnsembleOptions(Options):
+    """Which models make the answer: folds x recipes x seeds, each its own training run."""
+
+    folds: int = Field(
+        1,
+        ge=1,
+        le=20,
+        validation_alias=AliasChoices("folds", "n_folds"),
+        description="K-fold over all train images (the split's fold assignment): K members per "
+        "recipe and seed, thresholds fitted on their out-of-fold predictions; 1 = one model on "
+        "the 80/20 split.",
+    )
+    seeds: list[int] | None = Field(
+        None, description="Train every recipe once per seed; empty = each recipe's own seed."
+    )
+    recipes: list[Recipe] | None = Field(
+        None,
+        description="More recipes beside `recipe` (built-in names, .json/.yaml files or "
+        "recipes), each trained folds x seeds times.",
+    )
+    combine: Literal["mean", "stack", "best"] = Field(
+        "mean",
+        description="How members' probabilities are combined: their mean; stack = per-class "
+        "logistic regression fitted on the out-of-fold predictions; best = whichever "
+        "cross-validates better on them.",
+    )
+    work_pool: str | None = Field(
+        None,
+        description="Start each member as a run of the train deployment on this work pool "
+        "(whichever worker is free takes it); empty = here, one after another.",
+    )
+    train_deployment: str = Field(
+        "train/train", description="The deployment members run as (with a work pool)."
+    )
+
+    @field_validator("recipes", mode="before")
+    @classmethod
+    def _recipes_by_name_or_file(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [load_recipe(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _folds_apart_from_seeds(self) -> EnsembleOptions:
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must differ, got {self.seeds}")
+        return self
+
+
 class ComputeOptions(Options):
     """Where models train and predict."""
 
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
+    concurrency_limit: str | None = Field(
+        None,
+        description="A Prefect global concurrency limit each training run holds one slot of "
+        "while it trains (e.g. gpu, with as many slots as GPUs); empty = none.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -152,7 +200,7 @@ class SubmitOptions(Options):
     poll_interval_s: float = Field(5.0, gt=0.0, description="Seconds between status polls.")
 
 
-SECTION_ORDER = ("prepare", "resize", "compute", "train", "predict", "submit")
+SECTION_ORDER = ("prepare", "resize", "ensemble", "compute", "train", "predict", "submit")
 
 
 def _section(model: type[Options], name: str) -> Any:
@@ -245,6 +293,23 @@ class RecipeConfig(Target):
         return self
 
 
+class EnsembleConfig(RecipeConfig):
+    """A config whose stage works on the ensemble's members (the recipe's alone by default)."""
+
+    ensemble: _section(EnsembleOptions, "ensemble") = EnsembleOptions()
+
+    def members(self) -> list[Member]:
+        """folds x recipes x seeds (planet.learn.members), `recipe` first."""
+        options = self.ensemble
+        recipes = [self.recipe, *(options.recipes or [])]
+        return members(recipes, options.seeds, options.folds)
+
+    @property
+    def run_name(self) -> str:
+        """The folder name of the answer: the ensemble's (one member: that member's run)."""
+        return ensemble_name(self.members())
+
+
 class PrepareConfig(Target):
     """The prepare stage (fetch, then extract)."""
 
@@ -268,35 +333,79 @@ class PrepareConfig(Target):
 
 
 class ResizeConfig(Target):
-    """The resize stage: the recipe, when given, adds the sizes it trains at."""
+    """The resize stage: the recipe, when given, adds the sizes it trains at; the ensemble's
+    folds are assigned in the split."""
 
     recipe: Annotated[Recipe | None, Parameter(parse=False)] = Field(
         None, description="The recipe whose sizes to make (besides `sizes`)."
     )
     resize: _section(ResizeOptions, "resize") = ResizeOptions()
+    ensemble: _section(EnsembleOptions, "ensemble") = EnsembleOptions()
 
     def all_sizes(self) -> list[int]:
-        """The recipe's sizes plus `resize.sizes` (64, 128 and 256 when neither says)."""
-        sizes = set(self.resize.sizes or []) | set(self.recipe.sizes if self.recipe else [])
+        """The sizes of the recipe(s) plus `resize.sizes` (64, 128 and 256 when none say)."""
+        recipes = [r for r in [self.recipe, *(self.ensemble.recipes or [])] if r is not None]
+        sizes = set(self.resize.sizes or []).union(*(r.sizes for r in recipes))
         return sorted(sizes or DEFAULT_SIZES)
 
+    @property
+    def split_folds(self) -> int | None:
+        """The folds the split assigns (None for a single model on the 80/20 split)."""
+        return self.ensemble.folds if self.ensemble.folds > 1 else None
 
-class TrainConfig(RecipeConfig):
-    """The train stage: the recipe, and where and how it trains."""
 
+class TrainConfig(EnsembleConfig):
+    """The train stage: one member (the recipe, holding out `fold` of the ensemble's folds),
+    and where and how it trains."""
+
+    fold: int | None = Field(
+        None,
+        ge=1,
+        description="The fold this training run holds out (1..folds); empty = the 80/20 split.",
+    )
     compute: _section(ComputeOptions, "compute") = ComputeOptions()
     train: _section(TrainOptions, "train") = TrainOptions()
 
+    @model_validator(mode="after")
+    def _fold_of_the_folds(self) -> TrainConfig:
+        folds = self.ensemble.folds
+        if self.fold is not None and not (folds > 1 and self.fold <= folds):
+            raise ValueError(f"fold {self.fold} asked for, but folds is {folds}")
+        if self.fold is None and folds > 1:
+            raise ValueError(f"folds is {folds}: name the fold to hold out (1..{folds})")
+        return self
 
-class PredictConfig(RecipeConfig):
-    """The predict stage: which model (the recipe's), where, and how (TTA)."""
+    @property
+    def member_label(self) -> str:
+        """The run's name in the UI: the recipe, and the fold it holds out."""
+        return (
+            f"{self.recipe.name} fold {self.fold}/{self.ensemble.folds}"
+            if self.fold
+            else str(self.recipe.name)
+        )  # type: ignore[union-attr]
+
+    @property
+    def member(self) -> Member:
+        """The one member this run trains."""
+        fold = Fold(self.fold - 1, self.ensemble.folds) if self.fold else None
+        return Member(self.recipe, fold)  # type: ignore[arg-type]
+
+    def for_member(self, member: Member) -> TrainConfig:
+        """This config for another member (its recipe and fold)."""
+        fold = member.fold.index + 1 if member.fold else None
+        return self.model_copy(update={"recipe": member.recipe, "fold": fold})
+
+
+class PredictConfig(EnsembleConfig):
+    """The predict, thresholds and submission stages: which models (the ensemble's members),
+    where, and how (TTA)."""
 
     compute: _section(ComputeOptions, "compute") = ComputeOptions()
     predict: _section(PredictOptions, "predict") = PredictOptions()
 
 
-class SubmitConfig(RecipeConfig):
-    """The submit stage: the recipe's submission file, submitted only when asked."""
+class SubmitConfig(EnsembleConfig):
+    """The submit stage: the ensemble's submission file, submitted only when asked."""
 
     submit: _section(SubmitOptions, "submit") = SubmitOptions()
 
@@ -308,7 +417,7 @@ PIPELINE_STAGES: tuple[str, ...] = get_args(PipelineStage)
 StageConfig = TypeVar("StageConfig", bound=Target)
 
 
-class PipelineConfig(RecipeConfig):
+class PipelineConfig(EnsembleConfig):
     """Everything the pipeline needs, in one form; `stages` picks a subset to run."""
 
     stages: list[PipelineStage] = Field(
@@ -317,6 +426,7 @@ class PipelineConfig(RecipeConfig):
     )
     prepare: _section(PrepareOptions, "prepare") = PrepareOptions()
     resize: _section(ResizeOptions, "resize") = ResizeOptions()
+    ensemble: _section(EnsembleOptions, "ensemble") = EnsembleOptions()
     compute: _section(ComputeOptions, "compute") = ComputeOptions()
     train: _section(TrainOptions, "train") = TrainOptions()
     predict: _section(PredictOptions, "predict") = PredictOptions()
@@ -336,8 +446,17 @@ class PipelineConfig(RecipeConfig):
         return self
 
     def for_stage(self, cls: type[StageConfig]) -> StageConfig:
-        """The config of a stage flow: this target, recipe and sections (the same objects)."""
-        return cls.model_validate({name: getattr(self, name) for name in cls.model_fields})
+        """The config of a stage flow: this target, recipe and sections (the same objects); a
+        training run's is the first member's (`TrainConfig.for_member` gives the others)."""
+        fields = {
+            name: getattr(self, name)
+            for name in cls.model_fields
+            if name in type(self).model_fields
+        }
+        if cls is TrainConfig:
+            first = self.members()[0]
+            fields["fold"] = first.fold.index + 1 if first.fold else None
+        return cls.model_validate(fields)
 
 
 STAGE_CONFIGS: tuple[type[Target], ...] = (

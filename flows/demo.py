@@ -75,10 +75,19 @@ def run_demo(
     seed: int = 0,
     recipe: Recipe | None = None,
     stages: list[str] | None = None,
+    folds: int = 1,
+    combine: str = "mean",
 ) -> dict[str, Any]:
     """Generate (unless kaggle_root is given), serve locally, run the pipeline (submitting to
-    the local server, whose grader scores the hidden labels); return its summary."""
-    from flows.config import PIPELINE_STAGES, ComputeOptions, PipelineConfig, SubmitOptions
+    the local server, whose grader scores the hidden labels); return its summary. `folds`:
+    an ensemble of that many k-fold members of the recipe (combined by `combine`)."""
+    from flows.config import (
+        PIPELINE_STAGES,
+        ComputeOptions,
+        EnsembleOptions,
+        PipelineConfig,
+        SubmitOptions,
+    )
     from flows.pipeline import pipeline
     from planet.kaggle_local import LocalKaggleServer
 
@@ -103,6 +112,7 @@ def run_demo(
             kaggle_endpoint=server.url,
             recipe=recipe or named_recipe(resolve(slug).demo_recipe),
             compute=ComputeOptions(device="cpu"),
+            ensemble=EnsembleOptions(folds=folds, combine=combine),
             submit=SubmitOptions(submit=True, score_timeout_s=120),
             stages=list(stages or PIPELINE_STAGES),
         )

@@ -24,13 +24,12 @@ from flows.config import (
     PrepareConfig,
     ResizeConfig,
     SubmitConfig,
-    TrainConfig,
 )
+from flows.ensemble import train_members
 from flows.predict import predict, submission, thresholds
 from flows.prepare import prepare
 from flows.resize import resize
 from flows.submit import submit
-from flows.train import train
 from tasks.progress import artifact_key
 
 DEFAULT_CONFIG = PipelineConfig()
@@ -40,20 +39,31 @@ DEFAULT_CONFIG = PipelineConfig()
 def pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Run the selected stages in order; returns the run's summary (score, metrics, files)."""
     run = config.stages
-    out: dict[str, Any] = {"competition": config.competition, "recipe": config.recipe.run_name}
+    out: dict[str, Any] = {
+        "competition": config.competition,
+        "recipe": config.recipe.run_name,
+        "folds": config.ensemble.folds,
+    }
     if "prepare" in run:
         out.update(prepare(config.for_stage(PrepareConfig)))
     if "resize" in run:
         resized = resize(config.for_stage(ResizeConfig))
         out.update({k: resized[k] for k in ("split", "sized", "batch_png")})
     if "train" in run:
-        out["train"] = _train_summary(train(config.for_stage(TrainConfig)))
+        trained = train_members(config)
+        out["train"] = _train_summary(trained["first"])
+        out["members"] = [
+            {k: m[k] for k in ("fold", "recipe", "seed", "valid_metric", "worker")}
+            for m in trained["members"]
+        ]
     if "predict" in run:
         predicted = predict(config.for_stage(PredictConfig))
         out["predicted"] = {k: v["count"] for k, v in predicted.items()}
     if "thresholds" in run:
         fitted = thresholds(config.for_stage(PredictConfig))
         out.update({k: fitted[k] for k in ("metric", "val_metric_default", "val_metric_tuned")})
+        out["oof_metric_default"] = fitted["val_metric_default"]  # validation = out of fold
+        out["oof_metric_tuned"] = fitted["val_metric_tuned"]
         out.update(fitted["summary"])
     if "submission" in run:
         written = submission(config.for_stage(PredictConfig))

@@ -16,8 +16,9 @@ from prefect import flow
 
 from flows.config import PredictConfig
 from planet.fileio import sha256_file
-from planet.infer.runs import VALID, prediction_inputs, prediction_splits, test_splits
+from planet.infer.runs import VALID, prediction_inputs, prediction_splits, scored_splits
 from planet.learn.stages import exported_bundle
+from tasks.ensemble import combine_members
 from tasks.predict import fit_validation_decision, predict_images, submission_file
 
 DEFAULT_CONFIG = PredictConfig()
@@ -25,46 +26,66 @@ DEFAULT_CONFIG = PredictConfig()
 
 @flow(name="predict", flow_run_name="predict {config.competition} {config.recipe.name}")
 def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """TTA probabilities of the validation split and of every test split."""
-    ws, run, options = config.workspace, config.recipe.run_name, config.predict
-    bundle = exported_bundle(ws, config.recipe)
-    return {
-        split_name: predict_images(
+    """TTA probabilities of the validation split and of every test split, by every member of
+    the ensemble (a k-fold member's validation split is its held-out fold), then the members'
+    combination; the ensemble's manifests by split (one member: its own)."""
+    ws, options = config.workspace, config.predict
+    members = config.members()
+    predicted: list[dict[str, Any]] = []
+    for member in members:
+        bundle = exported_bundle(ws, member.recipe, member.fold)
+        for split_name in prediction_splits(ws):
+            predicted.append(
+                predict_images(
+                    ws=ws,
+                    run=member.run_name,
+                    split_name=split_name,
+                    bundle=bundle["bundle"],
+                    bundle_sha256=bundle["sha256"],
+                    **prediction_inputs(ws, split_name, bundle["size"], member.fold),
+                    tta=options.tta,
+                    beta=options.beta,
+                    size=bundle["size"],
+                    device=config.compute.device,
+                    batch_size=options.batch_size,
+                    part_size=options.part_size,
+                    fold=member.fold,
+                )
+            )
+    if len(members) > 1:
+        combine_members(
             ws=ws,
-            run=run,
-            split_name=split_name,
-            bundle=bundle["bundle"],
-            bundle_sha256=bundle["sha256"],
-            **prediction_inputs(ws, split_name, bundle["size"]),
-            tta=options.tta,
-            beta=options.beta,
-            size=bundle["size"],
-            device=config.compute.device,
-            batch_size=options.batch_size,
-            part_size=options.part_size,
+            name=config.run_name,
+            members=members,
+            member_sha256=[m["probs"]["sha256"] for m in predicted],
+            how=config.ensemble.combine,
+            size=members[0].recipe.stages[-1].size,
         )
-        for split_name in prediction_splits(ws)
+    return {
+        split: ws.predictions(config.run_name, split).read_manifest()
+        for split in prediction_splits(ws)
     }
 
 
 @flow(name="thresholds", flow_run_name="thresholds {config.competition} {config.recipe.name}")
 def thresholds(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Fit the thresholds (or clip) on the validation probabilities."""
-    ws, recipe = config.workspace, config.recipe
-    valid = ws.predictions(recipe.run_name, VALID).read_manifest()
+    """Fit the thresholds (or clip) on the validation probabilities (an ensemble's: its
+    out-of-fold predictions)."""
+    ws, run = config.workspace, config.run_name
+    valid = ws.predictions(run, VALID).read_manifest()
     return fit_validation_decision(
         ws=ws,
-        run=recipe.run_name,
+        run=run,
         valid_sha256=valid["probs"]["sha256"],
-        size=recipe.stages[-1].size,
+        size=config.members()[0].recipe.stages[-1].size,
     )
 
 
 @flow(name="submission", flow_run_name="submission {config.competition} {config.recipe.name}")
 def submission(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Write submissions/<run>.csv from the test probabilities and the fitted thresholds."""
-    ws, run = config.workspace, config.recipe.run_name
-    tests = [ws.predictions(run, split).read_manifest() for split in test_splits(ws)]
+    ws, run = config.workspace, config.run_name
+    tests = [ws.predictions(run, split).read_manifest() for split in scored_splits(ws)]
     fitted = ws.thresholds(run).require("thresholds")
     return submission_file(
         ws=ws,

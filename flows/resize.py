@@ -38,7 +38,7 @@ def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         labels_record=labels_record,
         valid_pct=options.valid_pct,
         seed=options.split_seed,
-        n_folds=options.folds,
+        n_folds=config.split_folds,
     )
     sources = {name: ws.original(name).read_manifest() for name in splits}
     pending = [

@@ -26,7 +26,7 @@ def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Submit submissions/<run>.csv and wait for its score (only with `submit` on)."""
     logger = get_run_logger()
     ws, recipe, options = config.workspace, config.recipe, config.submit
-    path = ws.submission(recipe.run_name).path
+    path = ws.submission(config.run_name).path
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the submission stage first")
     if not options.submit:
@@ -40,9 +40,11 @@ def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     logger.warning(
         "submitting %s to %s on %s: this uses one daily submission", path.name, ws.slug, where
     )
-    message = submission_message(
-        recipe.run_name, [s.describe() for s in recipe.stages], git_commit(REPO)
-    )
+    members = config.members()
+    described = [s.describe() for s in recipe.stages]
+    if len(members) > 1:
+        described.append(f"{len(members)} members ({config.ensemble.combine})")
+    message = submission_message(config.run_name, described, git_commit(REPO))
     result = submit_predictions(
         ws.slug,
         str(path),

@@ -10,6 +10,8 @@ stages, and a stage that crashed resumes from its last epoch.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from prefect import flow
@@ -19,46 +21,64 @@ from prefect.logging import get_run_logger
 from flows.config import TrainConfig
 from planet.infer.decision import decision_for
 from planet.learn import stages
+from planet.learn.members import short_name
 from tasks.progress import artifact_key
 from tasks.train import export_run, fit_stage
 
 DEFAULT_CONFIG = TrainConfig()
 
 
-@flow(name="train", flow_run_name="train {config.competition} {config.recipe.name}")
+@contextlib.contextmanager
+def _holding(limit: str | None) -> Iterator[None]:
+    """One slot of the global concurrency limit `limit` (e.g. gpu) while the block runs."""
+    if not limit:
+        yield
+        return
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(limit, occupy=1):
+        yield
+
+
+@flow(name="train", flow_run_name="train {config.competition} {config.member_label}")
 def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
-    """Train every stage of the recipe; returns the stage records and the exported bundle."""
+    """Train every stage of one member's recipe (holding out its fold); returns the stage
+    records and the exported bundle."""
     logger = get_run_logger()
-    ws, recipe = config.workspace, config.recipe
-    logger.info("recipe %s: %s", recipe.run_name, "; ".join(s.describe() for s in recipe.stages))
+    ws, recipe, fold = config.workspace, config.recipe, config.member.fold
+    run = stages.model_run(ws, recipe, fold)
+    logger.info("%s: %s", run.name, "; ".join(s.describe() for s in recipe.stages))
     records: list[dict[str, Any]] = []
     previous = None
-    for index, stage in enumerate(recipe.stages):
-        previous = fit_stage(
-            ws=ws,
-            recipe=recipe,
-            index=index,
-            index_1=index + 1,
-            describe=stage.describe(),
-            fingerprint=stages.fingerprint(
-                ws, recipe, index, previous["sha256"] if previous else None
-            ),
-            previous=previous,
-            device=config.compute.device,
-            workers=config.compute.workers,
-            compile_model=config.train.compile,
-        )
-        records.append(previous)
-    bundle = export_run(ws=ws, recipe=recipe, last=records[-1])
+    with _holding(config.compute.concurrency_limit):
+        for index, stage in enumerate(recipe.stages):
+            previous = fit_stage(
+                ws=ws,
+                recipe=recipe,
+                index=index,
+                index_1=index + 1,
+                describe=stage.describe() + (f" ({fold.label})" if fold else ""),
+                fingerprint=stages.fingerprint(
+                    ws, recipe, index, previous["sha256"] if previous else None, fold
+                ),
+                previous=previous,
+                device=config.compute.device,
+                workers=config.compute.workers,
+                compile_model=config.train.compile,
+                fold=fold,
+            )
+            records.append(previous)
+    bundle = export_run(ws=ws, recipe=recipe, last=records[-1], fold=fold)
     rows = stages.summary_rows(records)
     create_table_artifact(
-        key=artifact_key(ws.slug, recipe.name, "metrics"),
+        key=artifact_key(ws.slug, short_name(recipe, fold), "metrics"),
         table=rows,
-        description=f"{recipe.run_name}: metrics per epoch, all stages",
+        description=f"{run.name}: metrics per epoch, all stages",
     )
     summary = {
-        "run": recipe.run_name,
-        "models_dir": str(stages.model_run(ws, recipe).folder),
+        "run": run.name,
+        **config.member.describe(),
+        "models_dir": str(run.folder),
         "bundle": bundle,
         "epoch_metric": decision_for(ws.competition).epoch_metric,
         "stages": [
@@ -68,9 +88,9 @@ def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         "final": rows[-1],
     }
     create_markdown_artifact(
-        key=artifact_key(ws.slug, recipe.name, "train-summary"),
+        key=artifact_key(ws.slug, short_name(recipe, fold), "train-summary"),
         markdown=_summary_markdown(summary),
-        description=f"training summary, {recipe.run_name}",
+        description=f"training summary, {run.name}",
     )
     return summary
 

@@ -5,8 +5,9 @@ training step:
 
     extract.shard    split, index (from 0), name      an original-image shard is written
     resize.shard     size, split, name                a sized shard is written (in a Dask worker)
-    train.batch      step (from 1, over the stage)    before a training step
-    train.epoch      run, epoch (from 1)              an epoch is checkpointed
+    train.batch      step (from 1, over the stage),   before a training step
+                     model (its models/ folder)
+    train.epoch      run, epoch (from 1), model       an epoch is checkpointed
     predict.part     split, part (from 1)             a prediction part is written
     submit.accepted  file                             Kaggle accepted a submission (ref recorded)
 

@@ -16,6 +16,7 @@ from prefect.logging import get_run_logger
 from planet.infer import predict as predict_lib
 from planet.infer.decision import decision_for
 from planet.infer.runs import fit_decision, predict_run_split, write_run_submission
+from planet.learn.members import Fold
 from planet.workspace import Workspace
 from tasks.caching import key_from, stage_task
 from tasks.progress import Progress, artifact_key
@@ -58,9 +59,11 @@ def predict_images(
     device: str = "auto",
     batch_size: int = 64,
     part_size: int = predict_lib.PART_SIZE,
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
-    """Probabilities of a split (`valid`: the validation images of the train shards) with the
-    exported model, averaged over the 8 symmetries of the square."""
+    """Probabilities of a split (`valid`: the validation images of the train shards, or the
+    fold a k-fold member held out) with the exported model, averaged over the 8 symmetries of
+    the square."""
     progress = Progress(f"predict {split_name} at {size}px", unit="images")
     manifest = predict_run_split(
         ws,
@@ -74,6 +77,7 @@ def predict_images(
         batch_size=batch_size,
         part_size=part_size,
         progress=progress,
+        fold=fold,
     )
     progress.done()
     get_run_logger().info(

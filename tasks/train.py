@@ -22,6 +22,7 @@ from prefect.logging import get_run_logger
 
 from planet.learn import stages
 from planet.learn.callbacks import Callback, FitState
+from planet.learn.members import Fold, short_name
 from planet.learn.recipe import Recipe
 from planet.report.show import png_data_uri
 from planet.workspace import Workspace
@@ -42,8 +43,12 @@ def _image_markdown(title: str, png: Path, note: str = "") -> str:
 class StageReport(Callback):
     """What a training stage shows in Prefect while it runs: progress, epochs, the LR finder."""
 
-    def __init__(self, ws: Workspace, recipe: Recipe, index: int, describe: str) -> None:
+    def __init__(
+        self, ws: Workspace, recipe: Recipe, index: int, describe: str, fold: Fold | None
+    ) -> None:
         self.ws, self.recipe, self.index = ws, recipe, index
+        self.run = stages.model_run(ws, recipe, fold)
+        self.label = short_name(recipe, fold)
         self.logger = get_run_logger()
         self.progress = Progress(
             f"stage {index + 1}: {describe}", unit="batches", min_interval_s=5.0
@@ -65,11 +70,11 @@ class StageReport(Callback):
 
     def after_lr_find(self, result: Any) -> None:
         i, recipe = self.index + 1, self.recipe
-        png = stages.model_run(self.ws, recipe).lr_find(self.index, ".png")
+        png = self.run.lr_find(self.index, ".png")
         picks = ", ".join(f"{k} {v:.2e}" for k, v in result.suggestions.items())
         self.logger.info("stage %d LR finder: %d steps, suggestions %s", i, len(result.lrs), picks)
         create_markdown_artifact(
-            key=artifact_key(self.ws.slug, recipe.name, f"lr-find-{i}"),
+            key=artifact_key(self.ws.slug, self.label, f"lr-find-{i}"),
             markdown=_image_markdown(
                 f"LR finder before stage {i}",
                 png,
@@ -78,7 +83,7 @@ class StageReport(Callback):
             description=f"LR finder plot, stage {i}",
         )
         create_table_artifact(
-            key=artifact_key(self.ws.slug, recipe.name, f"lr-find-{i}-table"),
+            key=artifact_key(self.ws.slug, self.label, f"lr-find-{i}-table"),
             table=result.table(every=max(1, len(result.lrs) // 50)),
             description=f"LR finder sweep before stage {i} (smoothed and raw loss)",
         )
@@ -88,8 +93,8 @@ class StageReport(Callback):
     name="train stage",
     task_run_name="stage {index_1}: {describe}",
     cache_key_fn=key_from("train-stage", stages.CODE_VERSION, ["fingerprint"]),
-    done=lambda ws, recipe, index, fingerprint, **_: (
-        stages.model_run(ws, recipe).stage_complete(index, fingerprint) is not None
+    done=lambda ws, recipe, index, fingerprint, fold=None, **_: (
+        stages.model_run(ws, recipe, fold).stage_complete(index, fingerprint) is not None
     ),
 )
 def fit_stage(
@@ -103,13 +108,15 @@ def fit_stage(
     device: str = "auto",
     workers: int = 2,
     compile_model: bool = False,
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
     """fast.ai's `fit_one_cycle` for one stage of the recipe (resuming from a checkpoint);
-    `previous` is the previous stage's record (its weights and their sha256)."""
+    `previous` is the previous stage's record (its weights and their sha256); `fold` the
+    member's held-out fold."""
     from planet.learn.model import PretrainedWeightsMissing
 
     logger = get_run_logger()
-    report = StageReport(ws, recipe, index, describe)
+    report = StageReport(ws, recipe, index, describe, fold)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PretrainedWeightsMissing)
         record = stages.run_stage(
@@ -122,6 +129,7 @@ def fit_stage(
             workers=workers,
             compile_model=compile_model,
             callbacks=[report],
+            fold=fold,
         )
     for w in caught:  # the missing-weights warning, in the run's log where users look
         logger.warning("%s", w.message)
@@ -132,25 +140,26 @@ def fit_stage(
             index_1,
             record["resumed_from_epoch"],
         )
+    run = stages.model_run(ws, recipe, fold)
     create_table_artifact(
-        key=artifact_key(ws.slug, recipe.name, f"stage-{index_1}-metrics"),
+        key=artifact_key(ws.slug, short_name(recipe, fold), f"stage-{index_1}-metrics"),
         table=stages.history_table(record["history"]),
         description=f"stage {index_1} ({describe}): metrics per epoch",
     )
     create_markdown_artifact(
-        key=artifact_key(ws.slug, recipe.name, f"stage-{index_1}-losses"),
-        markdown=_image_markdown(
-            f"Losses, stage {index_1}", stages.model_run(ws, recipe).losses_picture(index)
-        ),
+        key=artifact_key(ws.slug, short_name(recipe, fold), f"stage-{index_1}-losses"),
+        markdown=_image_markdown(f"Losses, stage {index_1}", run.losses_picture(index)),
         description=f"train and valid loss, stage {index_1}",
     )
     return record
 
 
 @task(name="export model")
-def export_run(ws: Workspace, recipe: Recipe, last: dict[str, Any]) -> dict[str, Any]:
+def export_run(
+    ws: Workspace, recipe: Recipe, last: dict[str, Any], fold: Fold | None = None
+) -> dict[str, Any]:
     """The last stage's weights as models/<run>/export.pt (an inference bundle)."""
-    record = stages.export(ws, recipe, last["stage"] - 1)
+    record = stages.export(ws, recipe, last["stage"] - 1, fold)
     get_run_logger().info(
         "exported %s (sha256 %s…)", ws.path(record["bundle"]), record["sha256"][:12]
     )

@@ -17,7 +17,8 @@ safely on disk unless said otherwise (from the library's events, see planet/hook
 - `resize-<size>-<split>-<shard>`: that sized shard (e.g. `part-00002`) is written (this runs
   in a Dask worker process: use `killgroup`);
 - `train-batch-<n>`: before the n-th training step of a stage (from 1, over the whole stage);
-- `train-epoch-<k>`: epoch k (from 1) is checkpointed;
+- `train-epoch-<k>`: epoch k (from 1) is checkpointed (`<model>:train-epoch-<k>`: only in the
+  model whose models/ folder is <model>, e.g. one member of an ensemble);
 - `predict-part-<n>`: prediction part n is written;
 - `submit-accepted`: Kaggle accepted the file and its ref is recorded (before polling).
 
@@ -62,9 +63,12 @@ def _actions() -> dict[str, str]:
     return out
 
 
-def fault_point(name: str) -> None:
-    """Crash here if the environment asks for it (see the module doc)."""
-    action = _actions().get(name)
+def fault_point(name: str, model: str | None = None) -> None:
+    """Crash here if the environment asks for it (see the module doc); a training point can
+    also be named for one model only, `<models/ folder>:train-epoch-<k>`."""
+    actions = _actions()
+    action = actions.get(f"{model}:{name}") if model else None
+    action = action or actions.get(name)
     if action is None:
         return
     once = os.environ.get(ONCE_ENV)
@@ -109,10 +113,10 @@ def on_event(event: str, info: dict[str, Any]) -> None:
         record_work(f"resize {info['size']}/{info['split']}/{name}")
         fault_point(f"resize-{info['size']}-{info['split']}-{name.removesuffix('.parquet')}")
     elif event == "train.batch":
-        fault_point(f"train-batch-{info['step']}")
+        fault_point(f"train-batch-{info['step']}", info.get("model"))
     elif event == "train.epoch":
         record_work(f"train {info['run']} epoch-{info['epoch']}")
-        fault_point(f"train-epoch-{info['epoch']}")
+        fault_point(f"train-epoch-{info['epoch']}", info.get("model"))
     elif event == "predict.part":
         record_work(f"predict {info['split']} part-{info['part']}")
         fault_point(f"predict-part-{info['part']}")

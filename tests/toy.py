@@ -37,14 +37,20 @@ def toy_images(n: int, size: int, seed: int = 0) -> tuple[list[str], np.ndarray,
     return names, np.clip(img, 0, 255).astype(np.uint8), labels
 
 
-def write_sized(folder: Path, names: list[str], pixels: np.ndarray, labels: np.ndarray) -> Path:
-    """A sized shard folder like planet.resize writes (one shard, multi-hot labels)."""
+def write_sized(
+    folder: Path, names: list[str], pixels: np.ndarray, labels: np.ndarray | None
+) -> Path:
+    """A sized shard folder like planet.resize writes (one shard, multi-hot labels, or none
+    for a test split)."""
     folder.mkdir(parents=True, exist_ok=True)
     n, size = len(names), pixels.shape[1]
     flat = pa.py_buffer(np.ascontiguousarray(pixels).tobytes())
     pix = pa.Array.from_buffers(pa.binary(size * size * 3), n, [None, flat])
-    values = pa.array(labels.astype(np.uint8).ravel(), pa.uint8())
-    lab = pa.FixedSizeListArray.from_arrays(values, labels.shape[1])
+    if labels is None:
+        lab = pa.nulls(n)
+    else:
+        values = pa.array(labels.astype(np.uint8).ravel(), pa.uint8())
+        lab = pa.FixedSizeListArray.from_arrays(values, labels.shape[1])
     table = pa.table({"image_name": pa.array(names), "label": lab, "pixels": pix})
     name = shards.shard_name(0)
     pq.write_table(table, folder / name)
@@ -56,20 +62,40 @@ def write_sized(folder: Path, names: list[str], pixels: np.ndarray, labels: np.n
             "size": size,
             "count": n,
             "classes": list(PLANET.classes),
-            "label_kind": "multi_hot",
+            "label_kind": None if labels is None else "multi_hot",
             "shards": [{"name": name, "rows": n, "bytes": (folder / name).stat().st_size}],
         },
     )
     return folder
 
 
-def make_toy_planet(data_dir: Path, n: int = 160, sizes: tuple[int, ...] = (32,), seed: int = 0):
-    """Sized train shards at each size (the same images, resized by striding) and the split."""
+def make_toy_planet(
+    data_dir: Path,
+    n: int = 160,
+    sizes: tuple[int, ...] = (32,),
+    seed: int = 0,
+    folds: int | None = None,
+    tests: int = 0,
+):
+    """Sized train shards at each size (the same images, resized by striding) and the split
+    (with `folds`); with `tests`, that many unlabelled images in each test split too."""
     big = max(sizes)
     names, pixels, labels = toy_images(n, big, seed)
     dirs = Workspace.of(data_dir, PLANET.slug)
     for size in sizes:
         step = big // size
         write_sized(dirs.sized(size, "train").folder, names, pixels[:, ::step, ::step], labels)
-    write_split(dirs.root / "shards" / "split.parquet", random_split(names, 0.25, seed=42))
+    split = random_split(names, 0.25, seed=42, n_folds=folds)
+    write_split(dirs.root / "shards" / "split.parquet", split)
+    for data_file in PLANET.image_files[1:] if tests else ():
+        test_names, test_pixels, _ = toy_images(tests, big, seed + 1)
+        test_names = [f"{data_file.split}_{i}" for i in range(tests)]
+        for size in sizes:
+            step = big // size
+            write_sized(
+                dirs.sized(size, data_file.split).folder,
+                test_names,
+                test_pixels[:, ::step, ::step],
+                None,
+            )
     return dirs

@@ -27,6 +27,7 @@ class Decision(ABC):
     """What is fitted on validation and how test probabilities become submission rows."""
 
     epoch_metric: str  # the validation metric per epoch that tables show ("f2", "log_loss")
+    lower_is_better: bool = False  # of `honest` (and of the metric)
 
     def __init__(self, competition: Competition) -> None:
         self.competition = competition
@@ -38,6 +39,23 @@ class Decision(ABC):
     @abstractmethod
     def scores(self, report: dict[str, Any]) -> tuple[float, float]:
         """(default, tuned): the validation metric without and with what was fitted."""
+
+    @abstractmethod
+    def honest(self, report: dict[str, Any]) -> float:
+        """The tuned metric as it would score on data it was not fitted on (for choosing
+        between ways of combining an ensemble)."""
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether `honest` value `a` beats `b`."""
+        return a < b if self.lower_is_better else a > b
+
+    @abstractmethod
+    def targets(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        """The labels as one float column per class (what a per-class model learns)."""
+
+    def normalise(self, probs: np.ndarray) -> np.ndarray:
+        """Per-class probabilities made valid for the task (as given, by default)."""
+        return probs
 
     @abstractmethod
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +96,12 @@ class ClassThresholds(Decision):
 
     def scores(self, report: dict[str, Any]) -> tuple[float, float]:
         return report["fixed"]["f2"], report["per_class"]["f2"]
+
+    def honest(self, report: dict[str, Any]) -> float:
+        return report["cross_fit"]["per_class"]  # fitted on one half, scored on the other
+
+    def targets(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return truth.astype(np.float64)  # already multi-hot
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         return {"thresholds": report["per_class"]["thresholds"]}
@@ -148,6 +172,7 @@ class ProbabilityClip(Decision):
     """Single-label: the positive class's probability, clipped to [c, 1 - c]; log loss."""
 
     epoch_metric = "log_loss"
+    lower_is_better = True
 
     def _positive(self, classes: Sequence[str]) -> int:
         comp = self.competition
@@ -161,6 +186,15 @@ class ProbabilityClip(Decision):
 
     def scores(self, report: dict[str, Any]) -> tuple[float, float]:
         return report["log_loss_raw"], report["log_loss_clipped"]
+
+    def honest(self, report: dict[str, Any]) -> float:
+        return report["log_loss_clipped"]  # one parameter: barely fitted
+
+    def targets(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
+        return (truth[:, None] == np.arange(n_classes)[None, :]).astype(np.float64)
+
+    def normalise(self, probs: np.ndarray) -> np.ndarray:
+        return probs / probs.sum(axis=1, keepdims=True)  # one class per image: rows sum to 1
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
         return {"clip": report["clip"]}

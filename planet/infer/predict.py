@@ -155,6 +155,62 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray, tuple[str, ...]
     return names, probs, classes
 
 
+def write_probs(
+    out_dir: str | Path,
+    names: Sequence[str],
+    probs: np.ndarray,
+    *,
+    classes: Sequence[str],
+    task: Task,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """Probabilities computed elsewhere (an ensemble's combination) as a predictions folder:
+    `probs.parquet`, then `manifest.json` (same format as `predict_split`'s, `settings` saying
+    what they were made from, no TTA of their own); the manifest."""
+    out_dir = Path(out_dir)
+    classes = check_classes(classes)
+    probs = np.asarray(probs, dtype=np.float32)
+    if probs.shape != (len(names), len(classes)):
+        raise ValueError(
+            f"{probs.shape} probabilities for {len(names)} names, {len(classes)} classes"
+        )
+    settings = _jsonable(settings)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "classes": list(classes),
+        "names_sha256": _names_sha256(names),
+        "settings": settings,
+    }
+    config_sha256 = sha256_json(config)
+    with folder_lock(out_dir):
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        remove_stale_temps(out_dir)
+        probs_path = out_dir / PROBS_FILE
+        schema = _schema(classes, config_sha256)
+        _write_table(probs_path, _probs_table(names, probs, schema))
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "count": len(names),
+            "classes": list(classes),
+            "task": task,
+            "tta": None,
+            "beta": None,
+            "settings": settings,
+            "names_sha256": config["names_sha256"],
+            "config": config,
+            "config_sha256": config_sha256,
+            "probs": {
+                "name": PROBS_FILE,
+                "bytes": probs_path.stat().st_size,
+                "sha256": sha256_file(probs_path),
+            },
+        }
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    return manifest
+
+
 def _complete_manifest(out_dir: Path) -> dict[str, Any] | None:
     """The manifest of `out_dir` when its `probs.parquet` is the one it records, else None."""
     manifest = manifest_of(out_dir, FORMAT, FORMAT_VERSION)
@@ -193,7 +249,7 @@ def _check_device(model: nn.Module, device: torch.device) -> None:
         raise ValueError(f"the model is on {here}, the images go to {device}: move it first")
 
 
-def _check_classes(classes: Sequence[str]) -> tuple[str, ...]:
+def check_classes(classes: Sequence[str]) -> tuple[str, ...]:
     classes = tuple(str(c) for c in classes)
     if not classes:
         raise ValueError("classes must name at least one class")
@@ -246,7 +302,7 @@ def predict_split(
     total)` is called in images, after each batch (and once for the parts reused)."""
     folder, out_dir = Path(folder), Path(out_dir)
     check_task(task)
-    classes = _check_classes(classes)
+    classes = check_classes(classes)
     beta = check_beta(beta, tta)
     if batch_size < 1 or part_size < 1:
         raise ValueError("batch_size and part_size must be >= 1")

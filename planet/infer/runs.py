@@ -16,6 +16,7 @@ import numpy as np
 
 from planet.fileio import sha256_file, sha256_json
 from planet.infer.decision import decision_for
+from planet.learn.members import Fold
 from planet.workspace import Workspace
 
 VALID = "valid"  # the predictions of the validation images (of the train shards)
@@ -28,18 +29,21 @@ def image_split(split_name: str) -> str:
 
 def prediction_splits(ws: Workspace) -> list[str]:
     """What the predict stage predicts: validation, then every test split."""
-    return [VALID] + test_splits(ws)
+    return [VALID] + scored_splits(ws)
 
 
-def test_splits(ws: Workspace) -> list[str]:
+def scored_splits(ws: Workspace) -> list[str]:
     return [f.split for f in ws.competition.image_files if f.split != "train"]
 
 
-def valid_names(ws: Workspace, size: int) -> list[str]:
-    """The split's validation images that the train shards at `size` hold (resize may have
-    left an unreadable one out), in the split's order."""
+def valid_names(ws: Workspace, size: int, fold: Fold | None = None) -> list[str]:
+    """The images a model validates on (the split's validation images, or its held-out fold)
+    that the train shards at `size` hold (resize may have left an unreadable one out), in the
+    split's order."""
+    from planet.learn.stages import selection
+
     have = set(ws.sized(size, "train").labels()[0])
-    return [n for n in ws.split.read().valid_names if n in have]
+    return [n for n in selection(ws.split.read(), fold)[1] if n in have]
 
 
 def valid_truth(ws: Workspace, names: Sequence[str], size: int) -> np.ndarray:
@@ -51,7 +55,9 @@ def valid_truth(ws: Workspace, names: Sequence[str], size: int) -> np.ndarray:
     return labels[[pos[n] for n in names]]
 
 
-def prediction_inputs(ws: Workspace, split_name: str, size: int) -> dict[str, Any]:
+def prediction_inputs(
+    ws: Workspace, split_name: str, size: int, fold: Fold | None = None
+) -> dict[str, Any]:
     """What a split's predictions depend on besides the model: its sized shards' manifest and
     (for `valid`) the names predicted, as hashes (the cache key's content)."""
     sized = ws.sized(size, image_split(split_name))
@@ -62,7 +68,7 @@ def prediction_inputs(ws: Workspace, split_name: str, size: int) -> dict[str, An
             f"{sized.folder} has no complete {size}px shards ({exc}): the model was trained at "
             f"{size}px, so the resize stage must include size {size}"
         ) from None
-    names = valid_names(ws, size) if split_name == VALID else None
+    names = valid_names(ws, size, fold) if split_name == VALID else None
     return {
         "source_sha256": sha256_json(source),
         "names_sha256": sha256_json(names) if names is not None else None,
@@ -82,9 +88,11 @@ def predict_run_split(
     batch_size: int = 64,
     part_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
     """Probabilities of a split with the run's exported bundle (`bundle`, relative to the
-    competition folder), averaged over the 8 symmetries of the square; its manifest."""
+    competition folder), averaged over the 8 symmetries of the square; its manifest. A k-fold
+    member's `valid` is the fold it held out (`fold`)."""
     import torch
 
     from planet.infer.predict import PART_SIZE, predict_split
@@ -92,7 +100,7 @@ def predict_run_split(
     from planet.learn.model import load_bundle
 
     loaded = load_bundle(ws.path(bundle), device=resolve_device(device))
-    select = valid_names(ws, loaded.size) if split_name == VALID else None
+    select = valid_names(ws, loaded.size, fold) if split_name == VALID else None
     loaded.model.to(memory_format=torch.channels_last)  # faster on the CPU and on CUDA
     manifest = predict_split(
         loaded.model,
@@ -141,7 +149,7 @@ def write_run_submission(ws: Workspace, run: str) -> dict[str, Any]:
     checked against the sample submission before it is written."""
     names: list[str] = []
     parts = []
-    for split_name in test_splits(ws):
+    for split_name in scored_splits(ws):
         n, p, _ = ws.predictions(run, split_name).read()
         names += n
         parts.append(p)

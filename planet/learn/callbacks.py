@@ -181,13 +181,14 @@ class BatchProgress(Callback):
 
 
 class HookEvents(Callback):
-    """The `train.batch` and `train.epoch` events of planet.hooks (`run` names the fit)."""
+    """The `train.batch` and `train.epoch` events of planet.hooks (`run` names the fit, `model`
+    the model it belongs to: a run folder of models/)."""
 
-    def __init__(self, run: str) -> None:
-        self.run = run
+    def __init__(self, run: str, model: str | None = None) -> None:
+        self.run, self.model = run, model
 
     def before_batch(self, fit: FitState) -> None:
-        hooks.emit("train.batch", step=fit.step)
+        hooks.emit("train.batch", step=fit.step, model=self.model)
 
     def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
-        hooks.emit("train.epoch", run=self.run, epoch=fit.epoch)
+        hooks.emit("train.epoch", run=self.run, epoch=fit.epoch, model=self.model)

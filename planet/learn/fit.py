@@ -243,7 +243,10 @@ def fit_one_cycle(
     cbs += list(callbacks)
     cbs += [EpochEnd(on_epoch)] if on_epoch else []
     cbs += [BatchProgress(on_batch)] if on_batch else []
-    cbs.append(HookEvents(checkpoint_dir.name if checkpoint_dir else "fit"))
+    if checkpoint_dir:
+        cbs.append(HookEvents(checkpoint_dir.name, model=checkpoint_dir.parent.name))
+    else:
+        cbs.append(HookEvents("fit"))
     for cb in cbs:
         cb.before_fit(fit)
     for epoch in range(fit.epoch, epochs):

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.fileio import atomic_path, read_json, sha256_file, sha256_json, write_json_atomic
+from planet.learn.members import Fold, run_name
 from planet.learn.recipe import Recipe, TrainStage
 from planet.learn.weights import hub_file_candidates
 from planet.workspace import ModelRun, Workspace
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage re
     from planet.learn.loader import Loader
     from planet.learn.lr_finder import LRFinderResult
     from planet.store.sized import ImageData
+    from planet.store.split import Split
 
 CODE_VERSION = "1"
 VALID_BATCH_FACTOR = 2  # validation batches are this many times the training batch
@@ -84,13 +86,28 @@ def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def model_run(ws: Workspace, recipe: Recipe) -> ModelRun:
-    """The recipe's run folder in the workspace."""
-    return ws.model_run(recipe.run_name)
+def model_run(ws: Workspace, recipe: Recipe, fold: Fold | None = None) -> ModelRun:
+    """The run folder of the recipe (holding out `fold`, for a k-fold member)."""
+    return ws.model_run(run_name(recipe, fold))
 
 
-def data_fingerprint(ws: Workspace, size: int) -> str:
-    """A hash of the size's train shards (their manifest, with content hashes) and the split."""
+def selection(split: Split, fold: Fold | None) -> tuple[list[str], list[str]]:
+    """(train, valid) image names: the 80/20 split's, or all of them but fold k / fold k."""
+    if fold is None:
+        return split.train_names, split.valid_names
+    if split.n_folds != fold.count:
+        raise StageError(
+            f"a {fold.count}-fold member needs a split with {fold.count} folds, the split has "
+            f"{split.n_folds or 'none'}: run the resize stage with folds {fold.count}"
+        )
+    held_out = split.fold == fold.index
+    names = split.names
+    return [n for n, h in zip(names, held_out, strict=True) if not h], split.fold_names(fold.index)
+
+
+def data_fingerprint(ws: Workspace, size: int, fold: Fold | None = None) -> str:
+    """A hash of the size's train shards (their manifest, with content hashes) and the images
+    the stage trains and validates on."""
     sized = ws.sized(size, "train")
     try:
         manifest = sized.read_manifest()
@@ -99,19 +116,19 @@ def data_fingerprint(ws: Workspace, size: int) -> str:
             f"the recipe trains at {size}px but {sized.folder} holds no complete {size}px shards "
             f"({exc}); add {size} to the resize stage's sizes or change the recipe's stage size"
         ) from None
-    split = ws.split.read()
-    return sha256_json({"sized": manifest, "train": split.train_names, "valid": split.valid_names})
+    train, valid = selection(ws.split.read(), fold)
+    return sha256_json({"sized": manifest, "train": train, "valid": valid})
 
 
-def load_train_data(ws: Workspace, size: int) -> TrainData:
+def load_train_data(ws: Workspace, size: int, fold: Fold | None = None) -> TrainData:
     """The size's train images with the split's selections (images the resize left out as
     unreadable are dropped from them)."""
-    fingerprint = data_fingerprint(ws, size)
+    fingerprint = data_fingerprint(ws, size, fold)
     images = ws.sized(size, "train").read()
-    split = ws.split.read()
     have = set(images.names)
-    train = [n for n in split.train_names if n in have]
-    valid = [n for n in split.valid_names if n in have]
+    train_names, valid_names = selection(ws.split.read(), fold)
+    train = [n for n in train_names if n in have]
+    valid = [n for n in valid_names if n in have]
     if not train or not valid:
         raise StageError(
             f"{ws.slug} at {size}px: {len(train)} train and {len(valid)} validation images; "
@@ -151,9 +168,15 @@ def stage_fingerprint(
     )
 
 
-def fingerprint(ws: Workspace, recipe: Recipe, index: int, previous_sha256: str | None) -> str:
+def fingerprint(
+    ws: Workspace,
+    recipe: Recipe,
+    index: int,
+    previous_sha256: str | None,
+    fold: Fold | None = None,
+) -> str:
     """Stage `index`'s fingerprint on this workspace's data (StageError: a size not made)."""
-    data = data_fingerprint(ws, recipe.stages[index].size)
+    data = data_fingerprint(ws, recipe.stages[index].size, fold)
     return stage_fingerprint(recipe, index, previous_sha256, data)
 
 
@@ -250,12 +273,14 @@ def run_stage(
     channels_last: bool | None = None,  # None: on (faster here on the CPU, and on CUDA)
     compile_model: bool = False,
     callbacks: Sequence[Callback] = (),
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
     """Train stage `index` of `recipe` from `previous` (a stage bundle; None: the backbone's
     initial weights; `previous_sha256`: its hash when the caller has it already); returns the
     stage's record (also written as stage-<i>.json). A stage
     already done (`ModelRun.stage_complete`) returns its record without training. `callbacks`
-    hook into the fit (planet.learn.callbacks; `after_lr_find` hears the LR finder)."""
+    hook into the fit (planet.learn.callbacks; `after_lr_find` hears the LR finder); `fold`:
+    a k-fold member's held-out fold (planet.learn.members)."""
     import torch
 
     from planet.learn.fit import fit_one_cycle, resolve_device
@@ -267,9 +292,9 @@ def run_stage(
         raise StageError(f"stage {index + 1} asked for; the recipe has {len(recipe.stages)}")
     stage = recipe.stages[index]
     t0 = time.perf_counter()
-    run = model_run(ws, recipe)
+    run = model_run(ws, recipe, fold)
     run.folder.mkdir(parents=True, exist_ok=True)
-    data = load_train_data(ws, stage.size)
+    data = load_train_data(ws, stage.size, fold)
     previous_sha = None if previous is None else previous_sha256 or sha256_file(previous)
     key = stage_fingerprint(recipe, index, previous_sha, data.fingerprint)
     done = run.stage_complete(index, key)
@@ -319,7 +344,7 @@ def run_stage(
         task=comp.task,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        extra={"recipe": recipe.run_name, "stage": index + 1, "fingerprint": key},
+        extra={"recipe": run.name, "stage": index + 1, "fingerprint": key},
     )
     plots.write_png(run.losses_picture(index), plots.losses_png(fit.history))
     record = {
@@ -359,9 +384,11 @@ def _remove_checkpoints(folder: Path) -> None:
         folder.rmdir()
 
 
-def export(ws: Workspace, recipe: Recipe, last_index: int) -> dict[str, Any]:
+def export(
+    ws: Workspace, recipe: Recipe, last_index: int, fold: Fold | None = None
+) -> dict[str, Any]:
     """Copy the last stage's bundle to export.pt for the predict stage; its record."""
-    run = model_run(ws, recipe)
+    run = model_run(ws, recipe, fold)
     src, dest = run.stage_weights(last_index), run.export
     if not dest.is_file() or sha256_file(dest) != sha256_file(src):
         with atomic_path(dest) as tmp:
@@ -369,13 +396,13 @@ def export(ws: Workspace, recipe: Recipe, last_index: int) -> dict[str, Any]:
     return {"bundle": ws.relative(dest), "sha256": sha256_file(dest), "bytes": dest.stat().st_size}
 
 
-def exported_bundle(ws: Workspace, recipe: Recipe) -> dict[str, Any]:
+def exported_bundle(ws: Workspace, recipe: Recipe, fold: Fold | None = None) -> dict[str, Any]:
     """The trained recipe's export.pt as the predict stage keys on it (path, sha256) and the
     size its last stage trained at."""
-    run = model_run(ws, recipe)
+    run = model_run(ws, recipe, fold)
     if not run.export.is_file():
         raise FileNotFoundError(
-            f"{run.export} does not exist: train recipe {recipe.run_name} first (the train stage)"
+            f"{run.export} does not exist: train recipe {run.name} first (the train stage)"
         )
     return {
         "bundle": ws.relative(run.export),
