@@ -9,6 +9,7 @@ from flows import cli
 from flows.config import (
     STAGE_CONFIGS,
     ComputeOptions,
+    EnsembleOptions,
     Options,
     PipelineConfig,
     PredictConfig,
@@ -28,6 +29,7 @@ from planet.learn.recipe import cpu_demo
 SECTIONS: dict[str, type[Options]] = {
     "prepare": PrepareOptions,
     "resize": ResizeOptions,
+    "ensemble": EnsembleOptions,
     "compute": ComputeOptions,
     "train": TrainOptions,
     "predict": PredictOptions,
@@ -45,8 +47,14 @@ SAMPLES: dict[str, tuple[object, list[str]]] = {
     "valid_pct": (0.25, ["0.25"]),
     "split_seed": (7, ["7"]),
     "folds": (5, ["5"]),
+    "seeds": ([1, 2], ["1", "2"]),
+    "recipes": ([cpu_demo()], ["cpu-demo"]),
+    "combine": ("stack", ["stack"]),
+    "work_pool": ("gpus", ["gpus"]),
+    "train_deployment": ("train/gpu", ["train/gpu"]),
     "device": ("cpu", ["cpu"]),
     "workers": (3, ["3"]),
+    "concurrency_limit": ("gpu", ["gpu"]),
     "compile": (True, []),
     "tta": (False, []),
     "beta": (0.4, ["0.4"]),
@@ -119,7 +127,7 @@ def test_flat_settings_of_earlier_versions_go_into_their_sections():
     assert config.compute.device == "cpu" and config.compute.workers == 1
     assert config.predict.tta is False and config.predict.part_size == 100
     assert config.submit.submit is True and config.submit.score_timeout_s == 120
-    assert ResizeConfig(n_folds=5).resize.folds == 5
+    assert ResizeConfig(n_folds=5).ensemble.folds == 5
     assert TrainConfig(compile_model=True).train.compile is True
     assert SubmitConfig(timeout_s=30).submit.score_timeout_s == 30
     assert PrepareConfig(files=["train_v2.csv.zip"]).prepare.files == ["train_v2.csv.zip"]
