@@ -34,4 +34,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/cached_rerun.py
+	$(BIN)/python bench/ensemble.py
 	$(BIN)/python bench/reliability.py

@@ -81,13 +81,8 @@ def run_demo(
     """Generate (unless kaggle_root is given), serve locally, run the pipeline (submitting to
     the local server, whose grader scores the hidden labels); return its summary. `folds`:
     an ensemble of that many k-fold members of the recipe (combined by `combine`)."""
-    from flows.config import (
-        PIPELINE_STAGES,
-        ComputeOptions,
-        EnsembleOptions,
-        PipelineConfig,
-        SubmitOptions,
-    )
+    from flows.config import PIPELINE_STAGES, PipelineConfig
+    from flows.options import ComputeOptions, EnsembleOptions, SubmitOptions
     from flows.pipeline import pipeline
     from planet.kaggle_local import LocalKaggleServer
 

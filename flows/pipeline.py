@@ -113,6 +113,20 @@ def _markdown(out: dict[str, Any]) -> str:
                 f"{e[metric]:.4f} |"
             )
         lines.append("")
+    if len(out.get("members", [])) > 1:
+        lines += [
+            f"{len(out['members'])} members ({out['folds']} folds); the metrics below are the "
+            "ensemble's, out of fold",
+            "",
+            "| fold | recipe | seed | validation metric | worker |",
+            "|---:|---|---:|---:|---|",
+        ]
+        for m in out["members"]:
+            lines.append(
+                f"| {m['fold'] or '-'} | {m['recipe']} | {m['seed']} | {m['valid_metric']:.4f} "
+                f"| {m['worker']} |"
+            )
+        lines.append("")
     for key, label in (
         ("val_metric_default", "validation metric as predicted"),
         ("val_metric_tuned", "validation metric with what thresholds.json fitted"),

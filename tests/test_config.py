@@ -8,19 +8,21 @@ import pytest
 from flows import cli
 from flows.config import (
     STAGE_CONFIGS,
+    PipelineConfig,
+    PredictConfig,
+    PrepareConfig,
+    ResizeConfig,
+    SubmitConfig,
+    TrainConfig,
+)
+from flows.options import (
     ComputeOptions,
     EnsembleOptions,
     Options,
-    PipelineConfig,
-    PredictConfig,
     PredictOptions,
-    PrepareConfig,
     PrepareOptions,
-    ResizeConfig,
     ResizeOptions,
-    SubmitConfig,
     SubmitOptions,
-    TrainConfig,
     TrainOptions,
 )
 from planet.competitions import DOGS_VS_CATS, PLANET

@@ -90,6 +90,10 @@ def test_predictions(
     return order, out, classes
 
 
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -50.0, 50.0)))  # no overflow for confident rows
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(p, EPS, 1 - EPS)
     return np.log(p / (1 - p))
@@ -103,7 +107,7 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     penalty = np.full(x1.shape[1], l2)
     penalty[-1] = 0.0
     for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(x1 @ w)))
+        p = _sigmoid(x1 @ w)
         grad = x1.T @ (p - y) + penalty * w
         hess = (x1.T * (p * (1 - p))) @ x1 + np.diag(penalty) + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
@@ -131,7 +135,7 @@ class Stacker:
         assert self.weights is not None, "fit first"
         x = _logit(np.stack(groups_, axis=2))
         z = np.einsum("ncg,cg->nc", x, self.weights[:, :-1]) + self.weights[:, -1]
-        return 1.0 / (1.0 + np.exp(-z))
+        return _sigmoid(z)
 
 
 def stacked_out_of_fold(
