@@ -116,7 +116,7 @@ class EnsembleOptions(Options):
         return value
 
     @model_validator(mode="after")
-    def _folds_apart_from_seeds(self) -> EnsembleOptions:
+    def _distinct_seeds(self) -> EnsembleOptions:
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must differ, got {self.seeds}")
         return self
