@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -32,6 +33,7 @@ COMPETITION_HELP = "Kaggle slug or alias: " + "; ".join(
     f"{c.slug} ({', '.join(c.aliases)})" for c in COMPETITIONS
 )
 RUN_STAGES = [s for s in PIPELINE_STAGES if s != "submit"]  # submitting is asked for by name
+DEFAULT_HOME = ".prefect"  # where runs are kept without a server, and what `planet server` opens
 
 app = App(
     name="planet",
@@ -143,12 +145,12 @@ def demo(
     test: Sizes = None,
     additional: Annotated[int | None, Parameter(help="Planet test-jpg-additional images")] = None,
     seed: Annotated[int, Parameter(help="random seed")] = 0,
+    verbose: Annotated[bool, Parameter(help="show the libraries' INFO lines too")] = False,
 ) -> int:
     """Generate a synthetic competition (unless --kaggle-root is given), serve it locally, and
     run the pipeline against it with the real kaggle client. Ends with one JSON line
     summarising the run."""
     from flows.demo import epoch_table, run_demo
-    from flows.server import flow_run_url
     from planet.learn.recipe import load_recipe
 
     summary = run_demo(
@@ -169,23 +171,25 @@ def demo(
         if summary.get(key) is not None:
             print(f"{key}: {summary[key]:.4f}")
     print(f"submission: {summary.get('submission')}")
-    url = flow_run_url(summary.get("flow_run_id") or "")
-    print(
-        f"flow run: {url}"
-        if url
-        else "flow run: (ephemeral Prefect; start `planet server` to keep runs)"
-    )
+    for line in how_to_open(summary.get("flow_run_id") or ""):
+        print(line)
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
 @app.command
-def run(*, config: Annotated[RunConfig, Parameter(name="*")] = RunConfig()) -> int:  # noqa: B008
+def run(
+    *,
+    config: Annotated[RunConfig, Parameter(name="*")] = RunConfig(),  # noqa: B008
+    verbose: Annotated[bool, Parameter(help="show the libraries' INFO lines too")] = False,
+) -> int:
     """Run the pipeline's stages for a competition (against Kaggle, or --kaggle-endpoint).
     Credentials come from KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
     from flows.pipeline import pipeline
 
     summary = pipeline(PipelineConfig.model_validate(config.model_dump()))
+    for line in how_to_open(summary.get("flow_run_id") or ""):
+        print(line)
     print(json.dumps(summary, sort_keys=True))
     return 0
 
@@ -193,7 +197,7 @@ def run(*, config: Annotated[RunConfig, Parameter(name="*")] = RunConfig()) -> i
 @app.command
 def server(
     *,
-    home: Annotated[str, Parameter(help="PREFECT_HOME: database, logs, results")] = ".prefect",
+    home: Annotated[str, Parameter(help="PREFECT_HOME: database, logs, results")] = DEFAULT_HOME,
     host: Annotated[str, Parameter(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, Parameter(help="port")] = 4200,
 ) -> int:
@@ -213,11 +217,68 @@ def parse_run_config(argv: list[str]) -> PipelineConfig:
     return PipelineConfig.model_validate(config.model_dump())
 
 
-def prefect_defaults() -> None:
-    """Defaults that make Prefect's ephemeral mode work on a fresh home (set before import)."""
-    # First start on a fresh home runs database migrations (20-30 s here).
+def prefect_defaults(verbose: bool = True) -> None:
+    """Defaults set before Prefect (and Dask) are imported: without a server (`PREFECT_API_URL`)
+    runs are kept in `./.prefect` (`PREFECT_HOME`), the home `planet server` opens by default,
+    so the demo's runs are there to see afterwards; Prefect's ephemeral mode gets time for the
+    database migrations of a fresh home (20-30 s here); unless `verbose`, Dask logs warnings
+    only (its scheduler and nannies log INFO lines by the dozen, in every process)."""
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
+        os.environ["PREFECT_HOME"] = str(Path(DEFAULT_HOME).resolve())
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def how_to_open(flow_run_id: str) -> list[str]:
+    """The lines that tell how to open this run's page in the UI."""
+    from flows.server import DEFAULT_PORT, flow_run_url
+
+    url = flow_run_url(flow_run_id)
+    if url:
+        return [f"flow run: {url}"]
+    home = os.environ.get("PREFECT_HOME", DEFAULT_HOME)
+    return [
+        f"flow run: {flow_run_id} (kept in {home}); to see it in the UI:",
+        f"  planet server --home {home}",
+        f"  then open http://127.0.0.1:{DEFAULT_PORT}/runs/flow-run/{flow_run_id}",
+    ]
+
+
+class OwnLines(logging.Filter):
+    """The pipeline's own lines (Prefect's flow and task run loggers) and every warning: the
+    libraries' INFO lines (Dask's scheduler and nannies, Prefect's server) stay out."""
+
+    OWN = ("prefect.flow_runs", "prefect.task_runs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(self.OWN)
+
+
+@contextlib.contextmanager
+def console(command: str, verbose: bool) -> Iterator[None]:
+    """What `planet demo`/`planet run` print: their own lines and warnings (everything with
+    --verbose), and one live bar per running stage when stderr is a terminal."""
+    if command not in ("demo", "run"):
+        yield
+        return
+    import prefect.main  # noqa: F401  (sets up Prefect's console handler)
+
+    from tasks.progress import live_bars
+
+    handlers = logging.getLogger().handlers
+    quiet = OwnLines()
+    if not verbose:
+        for handler in handlers:
+            handler.addFilter(quiet)
+    bars = live_bars() if sys.stderr.isatty() and not verbose else contextlib.nullcontext()
+    try:
+        with bars:
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 @contextlib.contextmanager
@@ -287,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(command, "__name__", "") == "help_print":
         command(*bound.args, **bound.kwargs)
         raise SystemExit(0)
-    prefect_defaults()
+    verbose = bool(bound.arguments.get("verbose", False))
+    prefect_defaults(verbose)
     from planet.extract.members import ArchiveError
     from planet.kaggle import KaggleError
 
     try:
-        with cli_flow_settings(name):
+        with cli_flow_settings(name), console(name, verbose):
             return int(command(*bound.args, **bound.kwargs) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -54,6 +54,14 @@ class StageReport(Callback):
             f"stage {index + 1}: {describe}", unit="batches", min_interval_s=5.0
         )
 
+    def before_fit(self, fit: FitState) -> None:
+        if fit.resumed_from:  # said before the next epoch's line
+            self.logger.info(
+                "stage %d resumed after epoch %d from its checkpoint",
+                self.index + 1,
+                fit.resumed_from,
+            )
+
     def after_batch(self, fit: FitState, loss: float) -> None:
         self.progress(fit.step, fit.total_steps)
 
@@ -117,8 +125,13 @@ def fit_stage(
 
     logger = get_run_logger()
     report = StageReport(ws, recipe, index, describe, fold)
-    with warnings.catch_warnings(record=True) as caught:
+
+    def warn_now(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        logger.warning("%s", message)  # in the run's log, before training starts
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always", PretrainedWeightsMissing)
+        warnings.showwarning = warn_now
         record = stages.run_stage(
             ws,
             recipe,
@@ -131,15 +144,7 @@ def fit_stage(
             callbacks=[report],
             fold=fold,
         )
-    for w in caught:  # the missing-weights warning, in the run's log where users look
-        logger.warning("%s", w.message)
     report.progress.done()
-    if record["resumed_from_epoch"]:
-        logger.info(
-            "stage %d resumed after epoch %d from its checkpoint",
-            index_1,
-            record["resumed_from_epoch"],
-        )
     run = stages.model_run(ws, recipe, fold)
     create_table_artifact(
         key=artifact_key(ws.slug, short_name(recipe, fold), f"stage-{index_1}-metrics"),

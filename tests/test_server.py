@@ -183,3 +183,66 @@ def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
             worker.wait(timeout=60)
     trained = TrainConfig(competition="planet", data_dir=str(data_dir), recipe=recipe).recipe
     assert model_run(Workspace.of(data_dir, PLANET), trained).export.is_file()
+
+
+@pytest.mark.slow
+def test_the_demos_runs_are_in_the_ui_afterwards(tmp_path):
+    """`planet demo` without PREFECT_API_URL keeps its runs in ./.prefect, the home `planet
+    server` opens by default; started there afterwards, the server has the demo's flow run and
+    its artifacts, and the demo's last lines say how to open the run's page."""
+    import json
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    recipe = tmp_path / "tiny.json"
+    recipe.write_text(
+        json.dumps(
+            {
+                "name": "tiny-ui-after",
+                "arch": "resnet18",
+                "pretrained": False,
+                "stages": [{"size": 32, "frozen": False, "epochs": 1, "lr": "1e-3"}],
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("planet")),
+            "demo",
+            "--workdir",
+            "demo",
+            "--recipe",
+            str(recipe),
+            "--train",
+            "24",
+            "--test",
+            "8",
+            "--additional",
+            "3",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    run_id = json.loads(lines[-1])["flow_run_id"]
+    home = tmp_path / ".prefect"
+    assert (home / "prefect.db").is_file()
+    assert f"planet server --home {home}" in done.stdout
+    assert f"http://127.0.0.1:4200/runs/flow-run/{run_id}" in done.stdout
+    with planet_server(home) as url:
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        settings = temporary_settings(updates={PREFECT_API_URL: f"{url}/api"})
+        with settings, get_client(sync_client=True) as client:
+            run = client.read_flow_run(run_id)
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+    assert run.state.is_completed() and run.name.startswith("pipeline ")
+    assert any(a.key and a.key.endswith("pipeline-summary") for a in artifacts), artifacts
