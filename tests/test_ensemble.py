@@ -350,3 +350,90 @@ def test_members_run_on_two_workers_of_a_process_pool_and_the_parent_combines_th
     ws = Workspace.of(data_dir, PLANET)
     name = ensemble_name(members([TINY], None, 2))
     assert sorted(ws.predictions(name, VALID).read()[0]) == sorted(ws.split.read().names)
+
+
+class _FakeClient:
+    """What `flows.ensemble` asks of Prefect's client, answered from memory."""
+
+    def __init__(self, pool: str, states: dict) -> None:
+        self.pool, self.states = pool, states
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def read_deployment_by_name(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(work_pool_name=self.pool)
+
+    def read_flow_run(self, run_id):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(state=self.states[run_id], labels={"prefect.worker.name": "w"})
+
+
+def _pool_config() -> PipelineConfig:
+    return PipelineConfig(
+        competition="planet", recipe=TINY, ensemble={"folds": 2, "work_pool": "gpus"}
+    )
+
+
+def test_a_work_pool_that_is_not_the_train_deployments_is_refused_before_any_run(
+    prefect_api, monkeypatch
+):
+    import prefect
+    import prefect.deployments
+    from prefect import flow
+
+    from flows import ensemble as dispatch
+
+    started = []
+    monkeypatch.setattr(prefect, "get_client", lambda **_: _FakeClient("cpus", {}))
+    monkeypatch.setattr(prefect.deployments, "run_deployment", lambda **kw: started.append(kw))
+    config = _pool_config()
+
+    @flow
+    def parent() -> None:
+        dispatch._train_on_pool(config, config.for_stage(TrainConfig), config.members())
+
+    with pytest.raises(ValueError, match="work pool 'cpus', not 'gpus'"):
+        parent()
+    assert started == []
+
+
+def test_a_member_that_fails_on_the_pool_fails_the_stage_naming_it(prefect_api, monkeypatch):
+    from types import SimpleNamespace
+
+    import prefect
+    import prefect.deployments
+    from prefect import flow
+    from prefect.states import Completed, Failed
+
+    from flows import ensemble as dispatch
+
+    config = _pool_config()
+    first, second = config.members()
+    states = {first.run_name: Completed(), second.run_name: Failed()}
+    monkeypatch.setattr(prefect, "get_client", lambda **_: _FakeClient("gpus", states))
+
+    def start(name, parameters, flow_run_name, timeout):
+        member = TrainConfig.model_validate(parameters["config"]).member
+        assert timeout == 0 and name == "train/train"
+        return SimpleNamespace(id=member.run_name)
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", start)
+
+    @flow
+    def parent() -> None:
+        dispatch._train_on_pool(config, config.for_stage(TrainConfig), config.members())
+
+    with pytest.raises(RuntimeError, match=rf"1 of 2 members.*{second.run_name} \(Failed\)"):
+        parent()
+
+
+def test_an_ensembles_seeds_must_differ():
+    with pytest.raises(ValueError, match="seeds must differ"):
+        PipelineConfig(recipe=TINY, ensemble={"seeds": [1, 1]})

@@ -155,6 +155,11 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray, tuple[str, ...]
     return names, probs, classes
 
 
+def _file_record(path: Path) -> dict[str, Any]:
+    """A written file as the manifest records it (what `_complete_manifest` checks)."""
+    return {"name": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
 def write_probs(
     out_dir: str | Path,
     names: Sequence[str],
@@ -201,11 +206,7 @@ def write_probs(
             "names_sha256": config["names_sha256"],
             "config": config,
             "config_sha256": config_sha256,
-            "probs": {
-                "name": PROBS_FILE,
-                "bytes": probs_path.stat().st_size,
-                "sha256": sha256_file(probs_path),
-            },
+            "probs": _file_record(probs_path),
         }
         write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest
@@ -417,11 +418,7 @@ def predict_split(
             "names_sha256": config["names_sha256"],
             "config": config,
             "config_sha256": config_sha256,
-            "probs": {
-                "name": PROBS_FILE,
-                "bytes": probs_path.stat().st_size,
-                "sha256": sha256_file(probs_path),
-            },
+            "probs": _file_record(probs_path),
             "parts": {"count": n_parts, "size": part_size},
             "parts_computed": len(todo),
             "parts_reused": reused,
