@@ -236,3 +236,19 @@ def test_predicting_before_training_names_the_missing_model(prefect_api, tmp_pat
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "export.pt does not exist" in err and "train" in err and "cpu-demo" in err
+
+
+def test_how_to_open_names_the_run_page_of_the_server_in_use(monkeypatch):
+    """With a server (PREFECT_API_URL): the page's URL; without: `planet server --home` and the
+    URL on its default port."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings(
+        updates={PREFECT_API_URL: "http://10.0.0.5:4300/api"}, set_defaults={PREFECT_UI_URL: None}
+    ):
+        assert cli.how_to_open("abc") == ["flow run: http://10.0.0.5:4300/runs/flow-run/abc"]
+    monkeypatch.setenv("PREFECT_HOME", "/x/.prefect")
+    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
+        lines = cli.how_to_open("abc")
+    assert lines[1].strip() == "planet server --home /x/.prefect"
+    assert lines[2].strip().endswith("http://127.0.0.1:4200/runs/flow-run/abc")

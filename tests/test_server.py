@@ -40,76 +40,112 @@ TINY_RECIPE = {
 ARTIFACTS = ROOT / ".test-artifacts"
 
 
+@pytest.fixture(scope="module")
+def demo_then_server(tmp_path_factory):
+    """A small `planet demo` run as a new user runs it (no PREFECT_API_URL, in its own folder),
+    then `planet server` started afterwards on the home the demo kept its runs in. Yields the
+    server's URL, the demo's stdout and its JSON summary."""
+    import json
+
+    root = tmp_path_factory.mktemp("demo-then-server")
+    recipe = root / "tiny.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("planet")),
+            "demo",
+            "--workdir",
+            "demo",
+            "--recipe",
+            str(recipe),
+            "--train",
+            "40",
+            "--test",
+            "8",
+            "--additional",
+            "4",
+        ],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    home = root / ".prefect"
+    assert (home / "prefect.db").is_file()
+    with planet_server(home) as url:
+        yield url, done.stdout, summary
+
+
+def test_the_demos_runs_are_in_the_ui_afterwards(demo_then_server):
+    """`planet demo` without PREFECT_API_URL keeps its runs in ./.prefect, the home `planet
+    server` opens by default; started there afterwards, the server has the demo's flow run and
+    its artifacts, and the demo's last lines say how to open the run's page."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, stdout, summary = demo_then_server
+    run_id = summary["flow_run_id"]
+    assert "planet server --home " in stdout and "/.prefect" in stdout
+    assert f"http://127.0.0.1:4200/runs/flow-run/{run_id}" in stdout
+    settings = temporary_settings(updates={PREFECT_API_URL: f"{url}/api"})
+    with settings, get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    assert run.state.is_completed() and run.name.startswith("pipeline ")
+    assert any(a.key and a.key.endswith("pipeline-summary") for a in artifacts), artifacts
+
+
 @pytest.mark.browser
-def test_the_flow_run_page_shows_the_stages_state_and_metrics_in_chromium(tmp_path):
+def test_the_demos_run_page_shows_its_stages_and_metrics_in_chromium(demo_then_server):
+    """The page the demo's last lines point to, opened after the demo in `planet server`'s UI:
+    the run Completed, its stage subflows, its artifacts and the metrics table."""
     playwright = pytest.importorskip("playwright.sync_api")
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no Chromium on this machine (CI installs the distribution's package)")
-    import json
-
-    recipe = tmp_path / "tiny.json"
-    recipe.write_text(json.dumps(TINY_RECIPE))
-    with planet_server(tmp_path / "home") as url:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env |= {"PREFECT_API_URL": f"{url}/api", "PREFECT_HOME": str(tmp_path / "client")}
-        demo = subprocess.run(
-            [
-                str(Path(sys.executable).with_name("planet")),
-                "demo",
-                "--workdir",
-                str(tmp_path / "demo"),
-                "--recipe",
-                str(recipe),
-                "--train",
-                "40",
-                "--test",
-                "8",
-                "--additional",
-                "4",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
+    url, stdout, summary = demo_then_server
+    printed = f"/runs/flow-run/{summary['flow_run_id']}"
+    assert printed in stdout
+    page_url = f"{url}{printed}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
-        assert demo.returncode == 0, demo.stderr[-3000:]
-        summary = json.loads(demo.stdout.strip().splitlines()[-1])
-        page_url = f"{url}/runs/flow-run/{summary['flow_run_id']}"
-        assert f"flow run: {page_url}" in demo.stdout
-
-        ARTIFACTS.mkdir(exist_ok=True)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium, args=["--no-sandbox", "--disable-dev-shm-usage"]
-            )
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(page_url, wait_until="networkidle")
-            page.get_by_text("Completed").first.wait_for(timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(ARTIFACTS / "flow-run.png"), full_page=True)
-            page.get_by_text("Subflow Runs", exact=True).first.click()
-            page.wait_for_load_state("networkidle")
-            for stage in (
-                "prepare",
-                "resize",
-                "train",
-                "predict",
-                "thresholds",
-                "submission",
-                "submit",
-            ):
-                page.get_by_text(f"{stage} ", exact=False).first.wait_for(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "flow-run-subflows.png"), full_page=True)
-            page.get_by_text("Artifacts", exact=True).first.click()
-            page.wait_for_load_state("networkidle")
-            page.get_by_text("pipeline-summary").first.wait_for(timeout=60_000)
-            key = artifact_key(summary["competition"], "tiny-ui", "metrics")
-            page.goto(f"{url}/artifacts/key/{key}", wait_until="networkidle")
-            page.get_by_text("metrics per epoch").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "metrics-artifact.png"), full_page=True)
-            browser.close()
-        assert (ARTIFACTS / "flow-run.png").stat().st_size > 10_000
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(page_url, wait_until="networkidle")
+        page.get_by_text("Completed").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "flow-run.png"), full_page=True)
+        page.get_by_text("Subflow Runs", exact=True).first.click()
+        page.wait_for_load_state("networkidle")
+        for stage in (
+            "prepare",
+            "resize",
+            "train",
+            "predict",
+            "thresholds",
+            "submission",
+            "submit",
+        ):
+            page.get_by_text(f"{stage} ", exact=False).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "flow-run-subflows.png"), full_page=True)
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.wait_for_load_state("networkidle")
+        page.get_by_text("pipeline-summary").first.wait_for(timeout=60_000)
+        key = artifact_key(summary["competition"], "tiny-ui", "metrics")
+        page.goto(f"{url}/artifacts/key/{key}", wait_until="networkidle")
+        page.get_by_text("metrics per epoch").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "metrics-artifact.png"), full_page=True)
+        browser.close()
+    assert (ARTIFACTS / "flow-run.png").stat().st_size > 10_000
 
 
 def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
@@ -183,66 +219,3 @@ def test_deploy_all_worker_and_deployment_run_as_the_readme_shows(tmp_path):
             worker.wait(timeout=60)
     trained = TrainConfig(competition="planet", data_dir=str(data_dir), recipe=recipe).recipe
     assert model_run(Workspace.of(data_dir, PLANET), trained).export.is_file()
-
-
-@pytest.mark.slow
-def test_the_demos_runs_are_in_the_ui_afterwards(tmp_path):
-    """`planet demo` without PREFECT_API_URL keeps its runs in ./.prefect, the home `planet
-    server` opens by default; started there afterwards, the server has the demo's flow run and
-    its artifacts, and the demo's last lines say how to open the run's page."""
-    import json
-
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    recipe = tmp_path / "tiny.json"
-    recipe.write_text(
-        json.dumps(
-            {
-                "name": "tiny-ui-after",
-                "arch": "resnet18",
-                "pretrained": False,
-                "stages": [{"size": 32, "frozen": False, "epochs": 1, "lr": "1e-3"}],
-            }
-        )
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("planet")),
-            "demo",
-            "--workdir",
-            "demo",
-            "--recipe",
-            str(recipe),
-            "--train",
-            "24",
-            "--test",
-            "8",
-            "--additional",
-            "3",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.strip().splitlines()
-    run_id = json.loads(lines[-1])["flow_run_id"]
-    home = tmp_path / ".prefect"
-    assert (home / "prefect.db").is_file()
-    assert f"planet server --home {home}" in done.stdout
-    assert f"http://127.0.0.1:4200/runs/flow-run/{run_id}" in done.stdout
-    with planet_server(home) as url:
-        from prefect import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        settings = temporary_settings(updates={PREFECT_API_URL: f"{url}/api"})
-        with settings, get_client(sync_client=True) as client:
-            run = client.read_flow_run(run_id)
-            artifacts = client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
-            )
-    assert run.state.is_completed() and run.name.startswith("pipeline ")
-    assert any(a.key and a.key.endswith("pipeline-summary") for a in artifacts), artifacts
