@@ -368,7 +368,9 @@ def to_model_input(
         index = _scratch(workspace, "index", (n, c, h, w), torch.int32, dev)
         _transpose_into(index, z, ((draw.k.to("cpu") & 4) != 0).tolist())
         index.add_(torch.arange(n * c, dtype=torch.int32, device=dev).view(n, c, 1, 1) * 256)
-        table = lighting_table(draw.change, draw.contrast, mean, std, dev).view(-1)
+        # computed in float64: on the CPU for devices without float64 (mps), then moved
+        table_dev = dev if dev.type in ("cpu", "cuda") else torch.device("cpu")
+        table = lighting_table(draw.change, draw.contrast, mean, std, table_dev).to(dev).view(-1)
         out = _empty((n, c, h, w), torch.float32, dev)
         torch.index_select(table, 0, index.view(-1), out=out.view(-1))
     if channels_last:  # same shape, NHWC memory

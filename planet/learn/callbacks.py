@@ -10,10 +10,10 @@ A stage (planet.learn.stages) also tells its callbacks when the LR finder has sw
 
 A callback overrides the events it needs; `fit_one_cycle` calls them in list order, so a
 checkpoint is on disk before anyone hears the epoch ended. A checkpoint holds the model,
-optimiser, scheduler, epoch, torch RNG state and history, written atomically: given the same
-folder and key, a fit resumes after the last finished epoch and, on the CPU, ends with the same
-history as an uninterrupted one. A checkpoint for another key (other settings or data) is
-ignored.
+optimiser, scheduler, epoch, torch RNG state (the CPU's and the training GPU's) and history,
+written atomically: given the same folder and key, a fit resumes after the last finished epoch
+and, on the CPU, ends with the same history as an uninterrupted one. A checkpoint for another
+key (other settings or data) is ignored.
 """
 
 from __future__ import annotations
@@ -76,21 +76,46 @@ class Callback:
         """After the LR finder swept before a stage (planet.learn.stages.run_stage)."""
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """torch's CPU RNG state and, on CUDA, the state of the training `device`'s generator only
+    (a checkpoint then resumes on a machine with fewer GPUs, or on another GPU index). Without
+    `device`, every visible GPU's (a list, for restoring within the same process)."""
     import torch
 
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        if device is None:
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        elif device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore `rng_state`'s result: the CUDA state onto the training `device` (None: the
+    current device; a list, as `rng_state()` and version-1 checkpoints from before keep, sets
+    each visible GPU, or only `device` from its own entry, else the first)."""
     import torch
 
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or not torch.cuda.is_available():
+        return
+    if device is not None and device.type != "cuda":
+        return
+    if isinstance(saved, torch.Tensor):
+        torch.cuda.set_rng_state(saved, "cuda" if device is None else device)
+    elif device is None:
+        for index, one in enumerate(saved[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(one, index)
+    else:
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_rng_state(saved[index] if index < len(saved) else saved[0], device)
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (None when it has none)."""
+    return next((p.device for p in model.parameters()), None)
 
 
 def checkpoint_path(folder: Path, epoch: int) -> Path:
@@ -140,7 +165,7 @@ class Checkpoints(Callback):
         fit.model.load_state_dict(state["model"])
         fit.optimizer.load_state_dict(state["optimizer"])
         fit.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], model_device(fit.model))
         fit.history = list(state["history"])
         fit.epoch = fit.resumed_from = int(state["epoch"])
 
@@ -154,7 +179,7 @@ class Checkpoints(Callback):
                 "model": fit.model.state_dict(),
                 "optimizer": fit.optimizer.state_dict(),
                 "scheduler": fit.scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_state(model_device(fit.model)),
                 "history": fit.history,
             },
         )

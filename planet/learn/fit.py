@@ -119,13 +119,18 @@ def make_one_cycle(
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto`: CUDA when available, else the CPU."""
+    """`auto`: CUDA when available, else the CPU. CUDA always with an index (a bare `cuda` is
+    the current device, `cuda:<current>`), so the loader's threads use the same GPU."""
+    from planet.learn.loader import with_cuda_index
+
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {dev} asked for, but CUDA is not available here")
-    return dev
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {dev} asked for, but MPS is not available here")
+    return with_cuda_index(dev)
 
 
 def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -2,18 +2,27 @@
 
 `Loader` plans each epoch's batches (a seeded shuffle per epoch, or the selection's order),
 gathers a batch with one `np.take` into a reused uint8 buffer (pinned on CUDA), moves it to the
-device (`non_blocking` on CUDA) and turns it there into a normalised float32 NCHW batch,
-augmented for training (`planet.learn.augment`). `workers` threads do all of that ahead of the
-consumer, each keeping up to `prefetch` finished batches (numpy and torch release the GIL in
-copies and kernels); batches come out in order whatever the number of workers. A batch's
-augmentation is drawn from a `torch.Generator` seeded with (seed, epoch, batch number), so
-(seed, epoch) gives the same batches bit for bit. Within an augmented batch the transposed
-samples come last (the set of images is `batch_indices(epoch)[b]`; the targets follow their
-images).
+device (`non_blocking` on CUDA; a plain copy on other devices such as `mps`) and turns it there
+into a normalised float32 NCHW batch, augmented for training (`planet.learn.augment`).
+`workers` threads do all of that ahead of the consumer, each keeping up to `prefetch` finished
+batches (numpy and torch release the GIL in copies and kernels); batches come out in order
+whatever the number of workers. A batch's augmentation is drawn from a `torch.Generator`
+seeded with (seed, epoch, batch number), so (seed, epoch) gives the same batches bit for bit.
+Within an augmented batch the transposed samples come last (the set of images is
+`batch_indices(epoch)[b]`; the targets follow their images).
+
+On CUDA a bare `cuda` gets the current device's index (`with_cuda_index`): the worker threads
+enter that device and build their streams on it (a new thread's current device is always 0).
+Each worker holds device memory (`worker_device_bytes`: ~330 MB at 256 px, batch 64, augmented,
+prefetch 2); the loader fits `workers`, then `prefetch`, into `LOADER_MEMORY_SHARE` of the
+device's free memory and logs a warning when it lowers them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,6 +34,12 @@ import torch
 from planet.constants import IMAGENET_MEAN, IMAGENET_STD
 from planet.learn.augment import Augment, to_model_input
 from planet.store.sized import ImageData
+
+log = logging.getLogger(__name__)
+
+# The share of the device's free memory (when the loader is made) its workers may hold; the
+# rest is the model's (weights, activations, optimiser state).
+LOADER_MEMORY_SHARE = 0.25
 
 
 class Batch(NamedTuple):
@@ -41,15 +56,44 @@ def batch_seed(*parts: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
+def with_cuda_index(device: str | torch.device) -> torch.device:
+    """`device`, a bare `cuda` given the current device's index (`cuda:<current>`): threads
+    other than the one that resolved it would otherwise use their own current device, 0."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def worker_device_bytes(
+    batch_size: int,
+    image_shape: Sequence[int],
+    *,
+    augment: bool,
+    prefetch: int,
+    channels_last: bool,
+) -> int:
+    """An estimate of the device memory one loader worker holds at its peak, in bytes of one
+    uint8 batch (u): the augmentation scratch `to_model_input` keeps (four uint8 batches and an
+    int32 index batch, 8u), the batch it is making (its uint8 pixels, u, then the larger of the
+    zoom's float32 crop and resize, ~9u, and the float32 images, 4u, twice with channels_last)
+    and its `prefetch` finished float32 batches (4u each). `image_shape`: one image's (H, W, 3).
+    At 256 px, batch 64 (u = 12.6 MB), augmented, channels_last, prefetch 2: ~330 MB."""
+    u = batch_size * math.prod(image_shape)
+    scratch = 8 * u if augment else 0
+    making = u + max(9 * u if augment else 0, 4 * u * (2 if channels_last else 1))
+    return scratch + making + 4 * u * prefetch
+
+
 class _WorkerState:
     """What one worker thread reuses from batch to batch."""
 
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.pixels = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
-        self.pixels_np = self.pixels.numpy()
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.copied = torch.cuda.Event() if self.cuda else None
+        self.pixels = torch.empty(shape, dtype=torch.uint8, pin_memory=self.cuda)
+        self.pixels_np = self.pixels.numpy()
         self.workspace: dict[str, torch.Tensor] = {}
 
 
@@ -61,9 +105,11 @@ class Loader:
     picks one). `shuffle` draws a new order per epoch from (seed, epoch); without it the order is
     the selection's. `drop_last` drops a last, smaller batch. `augment` (training) is applied per
     sample on the device, drawn from (seed, epoch, batch number). `workers` threads prepare
-    batches ahead, each keeping up to `prefetch` finished ones. On CUDA the gather buffer is
-    pinned, copies are non-blocking and each worker has its own stream; `channels_last` gives
-    the images that memory format (on any device).
+    batches ahead, each keeping up to `prefetch` finished ones (on CUDA both lowered to fit
+    `LOADER_MEMORY_SHARE` of the free device memory, with a warning). On CUDA the gather buffer
+    is pinned, copies are non-blocking and each worker has its own stream on the loader's
+    device; other non-CPU devices get plain copies; `channels_last` gives the images that
+    memory format (on any device).
 
         data = read_images(dirs.sized_shards(128, "train"))
         train = Loader(data, split.train_names, shuffle=True, drop_last=True,
@@ -98,9 +144,9 @@ class Loader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {self.device} asked for, but CUDA is not available")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device} asked for, but CUDA is not available")
+        self.device = with_cuda_index(device)
         self.seed = seed
         self.workers = workers
         self.prefetch = prefetch
@@ -108,6 +154,45 @@ class Loader:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.epoch = 0
+        if self.device.type == "cuda":
+            self._fit_device_memory()
+
+    def _fit_device_memory(self) -> None:
+        """Lower `workers` (then `prefetch`) until their estimated device memory fits
+        `LOADER_MEMORY_SHARE` of the device's free memory; a warning says when it does."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        budget = free * LOADER_MEMORY_SHARE
+
+        def per_worker(prefetch: int) -> int:
+            return worker_device_bytes(
+                self.batch_size,
+                self.data.images.shape[1:],
+                augment=self.augment is not None,
+                prefetch=prefetch,
+                channels_last=self.channels_last,
+            )
+
+        asked = (self.workers, self.prefetch)
+        self.workers = int(min(self.workers, max(1, budget // per_worker(self.prefetch))))
+        while self.workers == 1 and self.prefetch > 1 and per_worker(self.prefetch) > budget:
+            self.prefetch -= 1
+        if (self.workers, self.prefetch) != asked:
+            log.warning(
+                "loader on %s: %d workers with prefetch %d would hold ~%.0f MB of device memory "
+                "(~%.0f MB each at batch %d, %s px), over %.0f%% of the %.0f MB free; using %d "
+                "workers with prefetch %d",
+                self.device,
+                asked[0],
+                asked[1],
+                asked[0] * per_worker(asked[1]) / 2**20,
+                per_worker(asked[1]) / 2**20,
+                self.batch_size,
+                "x".join(map(str, self.data.images.shape[1:3])),
+                LOADER_MEMORY_SHARE * 100,
+                free / 2**20,
+                self.workers,
+                self.prefetch,
+            )
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -201,13 +286,19 @@ class Loader:
                 except queue.Full:
                     continue
 
+        on_device = (
+            torch.cuda.device(self.device)  # this thread's kernels and scratch on that GPU too
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         try:
-            shape = (self.batch_size, *self.data.images.shape[1:])
-            state = _WorkerState(shape, self.device)
-            for b in range(first, len(plan), step):
-                if stop.is_set():
-                    return
-                put(self._make(plan[b], epoch, b, state))
+            with on_device:
+                shape = (self.batch_size, *self.data.images.shape[1:])
+                state = _WorkerState(shape, self.device)
+                for b in range(first, len(plan), step):
+                    if stop.is_set():
+                        return
+                    put(self._make(plan[b], epoch, b, state))
         except BaseException as exc:  # handed to the consumer, raised there
             put(exc)
 
@@ -234,7 +325,11 @@ class Loader:
             "workspace": state.workspace,
         }
         if state.stream is None:
-            return to_model_input(state.pixels[:n], draw, **kwargs), targets, None
+            pixels = state.pixels[:n]
+            if self.device.type != "cpu":  # e.g. mps: a blocking copy, so the buffer is free
+                pixels = pixels.to(self.device)
+                targets = None if targets is None else targets.to(self.device)
+            return to_model_input(pixels, draw, **kwargs), targets, None
         with torch.cuda.stream(state.stream):
             pixels = state.pixels[:n].to(self.device, non_blocking=True)
             state.copied.record(state.stream)
