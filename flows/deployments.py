@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from flows.automations import failure_automation
+
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
 WORK_POOL = "planet-process"
@@ -33,7 +35,11 @@ HEADER = """\
 #   prefect deployment run 'pipeline/pipeline' -p config='{"competition": "planet"}'
 #   prefect deployment run 'train/train' -p config='{"competition": "planet"}'
 # Kaggle credentials come from the worker's environment (KAGGLE_USERNAME/KAGGLE_KEY or
-# ~/.kaggle/kaggle.json), never from deployment parameters.
+# ~/.kaggle/kaggle.json), else from the Prefect Secret block `kaggle-credentials` (kaggle.json's
+# content; PLANET_KAGGLE_SECRET_BLOCK names another), never from deployment parameters.
+# Failures: each flow posts to PLANET_WEBHOOK_URL (or the Secret block `planet-webhook-url`)
+# when set; `automations:` below is the server-side twin, created by
+#   PLANET_WEBHOOK_URL=https://... python -m flows.automations   # fills in the block's id
 """
 
 
@@ -142,8 +148,14 @@ def prefect_yaml() -> str:
             }
             for d in DEPLOYMENTS
         ],
+        "automations": [failure_automation(tuple(d.name for d in DEPLOYMENTS))],
     }
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=100)
+
+
+def prefect_automations(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The `automations:` of a prefect.yaml (what `python -m flows.automations` creates)."""
+    return yaml.safe_load(path.read_text()).get("automations", [])
 
 
 def main() -> None:
