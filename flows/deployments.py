@@ -1,8 +1,9 @@
 """The one list of the pipeline's deployments: the whole pipeline and every stage flow.
 
-`deployments/prefect.yaml` (for `prefect deploy --all` and a process work pool) is written from
-this list (`python -m flows.deployments` rewrites it; tests/test_deployments.py checks they
-agree), and `python -m flows.serve` serves the same flows without a worker.
+`deployments/prefect.yaml` (for `prefect deploy --all` and a process work pool, plus the failure
+automation of flows/automations.py under `automations:`) is written from this list
+(`python -m flows.deployments` rewrites it; tests/test_deployments.py checks they agree), and
+`python -m flows.serve` serves the same flows without a worker.
 """
 
 from __future__ import annotations

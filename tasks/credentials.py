@@ -17,7 +17,6 @@ import warnings
 from typing import Any
 
 from planet import kaggle
-from planet.kaggle.credentials import CredentialSource
 
 SECRET_BLOCK_ENV = "PLANET_KAGGLE_SECRET_BLOCK"
 DEFAULT_SECRET_BLOCK = "kaggle-credentials"
@@ -55,9 +54,9 @@ def read_secret_block(name: str) -> Any | None:
     )
 
 
-def secret_block_source(name: str) -> CredentialSource:
+def secret_block_source(name: str) -> kaggle.CredentialSource:
     """The Secret block `name` as a place to look for Kaggle credentials."""
-    return CredentialSource(
+    return kaggle.CredentialSource(
         name=f"the Prefect Secret block {name!r}",
         read=lambda: read_secret_block(name),
         hint=f"save kaggle.json's content in the Prefect Secret block {name!r} "

@@ -94,8 +94,8 @@ class WebhookReceiver:
 
 
 @contextlib.contextmanager
-def webhook_receiver() -> Iterator[WebhookReceiver]:
-    """An HTTP server on a free 127.0.0.1 port recording every POST (answering 204)."""
+def webhook_receiver(status: int = 204) -> Iterator[WebhookReceiver]:
+    """An HTTP server on a free 127.0.0.1 port recording every POST (answering `status`)."""
     import http.server
     import json
 
@@ -103,7 +103,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
             length = int(self.headers.get("Content-Length") or 0)
             receiver.record(self.path, json.loads(self.rfile.read(length) or b"null"))
-            self.send_response(204)
+            self.send_response(status)
             self.end_headers()
 
         def log_message(self, *args: object) -> None:

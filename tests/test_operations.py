@@ -95,6 +95,25 @@ def test_error_lines_are_one_short_line_without_secrets():
     assert error_line(None, set()) == ""
 
 
+def test_a_webhook_answering_an_error_is_one_warning_without_the_url(caplog):
+    import logging
+
+    from flows.notify import post_message
+
+    logger = logging.getLogger("planet.test.notify")
+    with webhook_receiver(status=500) as failing:
+        url = f"{failing.url}/hook?token={HOOK_TOKEN}"
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            assert post_message({"flow": "x"}, url, "PLANET_WEBHOOK_URL", logger) is False
+        assert failing.wait_for(1) == [{"flow": "x"}]
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "the webhook from PLANET_WEBHOOK_URL answered HTTP 500 to the failure message"
+    )
+    with webhook_receiver() as ok:
+        assert post_message({"flow": "x"}, ok.url, "PLANET_WEBHOOK_URL", logger) is True
+
+
 # ----- under a real Prefect API ---------------------------------------------------------------
 
 
@@ -107,6 +126,13 @@ def _logs(flow_run_id) -> list[str]:
     with get_client(sync_client=True) as client:
         logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return [f"{log.level} {log.message}" for log in logs]
+
+
+def _database() -> Path:
+    """The test API's SQLite database file."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+    return Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
 
 
 def _run_id(state) -> str:
@@ -143,7 +169,7 @@ def test_fetch_signs_in_with_the_secret_block_and_leaks_the_key_nowhere(
     prefect_api, isolated_kaggle_env, kaggle_server, kaggle_root, kaggle_user, kaggle_key,
     monkeypatch, tmp_path,
 ):  # fmt: skip
-    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL
+    from prefect.settings import PREFECT_HOME
 
     from flows.prepare import fetch
 
@@ -174,7 +200,7 @@ def test_fetch_signs_in_with_the_secret_block_and_leaks_the_key_nowhere(
 
     # The key is nowhere: not in the Prefect database (logs, parameters, artifacts, events,
     # states; the block's value is stored encrypted), results, the data directory.
-    db = Path(PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    db = _database()
     wanted = needles(kaggle_key, kaggle_user)
     for root in (db.parent, PREFECT_HOME.value(), tmp_path / "data"):
         hits, seen = scan_tree(root, wanted)
@@ -218,6 +244,23 @@ def test_a_failed_stage_posts_one_message_without_secrets(
     assert kaggle_key not in json.dumps(messages) and HOOK_TOKEN not in json.dumps(messages)
     for line in _logs(_run_id(state)) + _logs(_run_id(alone)):  # (the path is in the traceback)
         assert HOOK_TOKEN not in line and receiver.url not in line
+
+
+def test_a_stage_inside_a_stage_is_named_by_its_path(
+    prefect_api, receiver, isolated_kaggle_env, monkeypatch, tmp_path
+):
+    from flows.pipeline import pipeline
+
+    monkeypatch.setenv("PLANET_WEBHOOK_URL", f"{receiver.url}/hook")
+    monkeypatch.setenv("PLANET_KAGGLE_SECRET_BLOCK", "none")
+    config = PipelineConfig(competition="planet", data_dir=str(tmp_path), stages=["prepare"])
+    state = pipeline(config, return_state=True)
+    with pytest.raises(KaggleCredentialsError):
+        state.result()
+    [message] = receiver.wait_for(1)
+    assert (message["flow"], message["stage"]) == ("pipeline", "prepare/fetch")
+    assert message["error"].startswith("Flow run encountered an exception: KaggleCredentialsError")
+    assert "Secret block" not in message["error"]  # turned off: not named
 
 
 def test_a_crashed_flow_posts_too(prefect_api, receiver, monkeypatch):
@@ -277,3 +320,71 @@ def test_a_webhook_that_is_down_is_one_warning_and_changes_nothing(
     assert len(warnings) == 1, logs
     assert warnings[0].startswith("30 ") and "PLANET_WEBHOOK_URL (ConnectionError)" in warnings[0]
     assert not [line for line in logs if HOOK_TOKEN in line or str(port) in line]
+
+
+# ----- the automation of deployments/prefect.yaml ---------------------------------------------
+
+
+def test_prefect_yaml_shows_a_valid_automation_that_prefect_deploy_ignores():
+    import yaml
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger
+
+    from flows.automations import BLOCK_MARK, WEBHOOK_BLOCK, with_block_ids
+    from flows.deployments import DEPLOYMENTS, PREFECT_YAML, prefect_automations
+
+    PrefectYamlModel.model_validate(yaml.safe_load(PREFECT_YAML.read_text()))
+    [spec] = prefect_automations()
+    assert spec["actions"][0]["block_document_id"] == BLOCK_MARK + WEBHOOK_BLOCK
+    named = []
+    block_id = uuid.uuid4()
+    automation = AutomationCore.model_validate(
+        with_block_ids(spec, lambda name: named.append(name) or block_id)
+    )
+    assert named == [WEBHOOK_BLOCK] and automation.actions[0].block_document_id == block_id
+    assert isinstance(automation.trigger, EventTrigger)
+    assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    related = automation.trigger.match_related
+    assert {d.name for d in DEPLOYMENTS} == set(related[1].root["prefect.resource.name"])
+
+
+def test_the_automation_posts_when_a_deployment_run_fails(
+    prefect_api, receiver, no_webhook, tmp_path
+):
+    from prefect import get_client
+    from prefect.blocks.webhook import Webhook
+    from prefect.flow_engine import run_flow
+
+    from flows.automations import WEBHOOK_BLOCK, create_automation, failure_automation
+    from flows.submit import submit
+
+    url = f"{receiver.url}/automation?token={HOOK_TOKEN}"
+    automation_id = create_automation(failure_automation(), url=url)
+    assert Webhook.load(WEBHOOK_BLOCK).url.get_secret_value() == url
+    try:
+        with get_client(sync_client=True) as client:
+            flow_id = client.create_flow_from_name("submit")
+            deployment_id = client.create_deployment(
+                flow_id, "submit", entrypoint="flows/submit.py:submit"
+            )
+            flow_run = client.create_flow_run_from_deployment(deployment_id)
+        config = SubmitConfig(competition="planet", data_dir=str(tmp_path))
+        state = run_flow(submit, flow_run=flow_run, parameters={"config": config},
+                         return_type="state")  # fmt: skip
+        assert state.is_failed()
+        [message] = receiver.wait_for(1, timeout=120)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation_id)
+    assert receiver.posts[0][0] == f"/automation?token={HOOK_TOKEN}"
+    assert (message["flow"], message["state"], message["source"]) == (
+        "submit",
+        "Failed",
+        "automation",
+    )
+    assert "run the submission stage first" in message["error"]
+    assert message["flow_run"] == flow_run.name
+    assert message["run_url"] is None or message["run_url"].endswith(str(flow_run.id))  # no UI here
+    # The webhook's URL (its token) is kept encrypted: not in the database's plain rows.
+    hits, seen = scan_tree(_database().parent, needles(HOOK_TOKEN))
+    assert not hits and seen.get("sqlite", 0) >= 1, hits[:5]
