@@ -11,8 +11,8 @@ models (flows/cli.py: one flag per field, named after it). Settings written flat
 versions took them (`{"competition": ..., "shard_size": 500, "n_folds": 5}`), are still accepted
 and put into their sections.
 
-Credentials are never parameters: the Kaggle key is read from the environment or kaggle.json by
-the task that needs it (see planet.kaggle.load_credentials).
+Credentials are never parameters: the Kaggle key is read from the environment, kaggle.json or a
+Prefect Secret block by the task that needs it (see tasks/credentials.py).
 """
 
 from __future__ import annotations

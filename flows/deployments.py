@@ -1,8 +1,9 @@
 """The one list of the pipeline's deployments: the whole pipeline and every stage flow.
 
-`deployments/prefect.yaml` (for `prefect deploy --all` and a process work pool) is written from
-this list (`python -m flows.deployments` rewrites it; tests/test_deployments.py checks they
-agree), and `python -m flows.serve` serves the same flows without a worker.
+`deployments/prefect.yaml` (for `prefect deploy --all` and a process work pool, plus the failure
+automation of flows/automations.py under `automations:`) is written from this list
+(`python -m flows.deployments` rewrites it; tests/test_deployments.py checks they agree), and
+`python -m flows.serve` serves the same flows without a worker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from flows.automations import failure_automation
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
@@ -33,7 +36,11 @@ HEADER = """\
 #   prefect deployment run 'pipeline/pipeline' -p config='{"competition": "planet"}'
 #   prefect deployment run 'train/train' -p config='{"competition": "planet"}'
 # Kaggle credentials come from the worker's environment (KAGGLE_USERNAME/KAGGLE_KEY or
-# ~/.kaggle/kaggle.json), never from deployment parameters.
+# ~/.kaggle/kaggle.json), else from the Prefect Secret block `kaggle-credentials` (kaggle.json's
+# content; PLANET_KAGGLE_SECRET_BLOCK names another), never from deployment parameters.
+# Failures: each flow posts to PLANET_WEBHOOK_URL (or the Secret block `planet-webhook-url`)
+# when set; `automations:` below is the server-side twin, created by
+#   PLANET_WEBHOOK_URL=https://... python -m flows.automations   # fills in the block's id
 """
 
 
@@ -142,8 +149,14 @@ def prefect_yaml() -> str:
             }
             for d in DEPLOYMENTS
         ],
+        "automations": [failure_automation(tuple(d.name for d in DEPLOYMENTS))],
     }
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=100)
+
+
+def prefect_automations(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The `automations:` of a prefect.yaml (what `python -m flows.automations` creates)."""
+    return yaml.safe_load(path.read_text()).get("automations", [])
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from flows.config import (
     SubmitConfig,
 )
 from flows.ensemble import train_members
+from flows.notify import HOOKS
 from flows.predict import predict, submission, thresholds
 from flows.prepare import prepare
 from flows.resize import resize
@@ -35,7 +36,7 @@ from tasks.progress import artifact_key
 DEFAULT_CONFIG = PipelineConfig()
 
 
-@flow(name="pipeline", flow_run_name="pipeline {config.competition} {config.recipe.name}")
+@flow(name="pipeline", flow_run_name="pipeline {config.competition} {config.recipe.name}", **HOOKS)
 def pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Run the selected stages in order; returns the run's summary (score, metrics, files)."""
     run = config.stages

@@ -15,6 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.config import PredictConfig
+from flows.notify import HOOKS
 from planet.fileio import sha256_file
 from planet.infer.runs import VALID, prediction_inputs, prediction_splits, scored_splits
 from planet.learn.stages import exported_bundle
@@ -24,7 +25,7 @@ from tasks.predict import fit_validation_decision, predict_images, submission_fi
 DEFAULT_CONFIG = PredictConfig()
 
 
-@flow(name="predict", flow_run_name="predict {config.competition} {config.recipe.name}")
+@flow(name="predict", flow_run_name="predict {config.competition} {config.recipe.name}", **HOOKS)
 def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """TTA probabilities of the validation split and of every test split, by every member of
     the ensemble (a k-fold member's validation split is its held-out fold), then the members'
@@ -67,7 +68,9 @@ def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     }
 
 
-@flow(name="thresholds", flow_run_name="thresholds {config.competition} {config.recipe.name}")
+@flow(
+    name="thresholds", flow_run_name="thresholds {config.competition} {config.recipe.name}", **HOOKS
+)
 def thresholds(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Fit the thresholds (or clip) on the validation probabilities (an ensemble's: its
     out-of-fold predictions)."""
@@ -81,7 +84,9 @@ def thresholds(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     )
 
 
-@flow(name="submission", flow_run_name="submission {config.competition} {config.recipe.name}")
+@flow(
+    name="submission", flow_run_name="submission {config.competition} {config.recipe.name}", **HOOKS
+)
 def submission(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Write submissions/<run>.csv from the test probabilities and the fitted thresholds."""
     ws, run = config.workspace, config.run_name

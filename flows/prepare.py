@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.config import PrepareConfig
+from flows.notify import HOOKS
 from planet import kaggle
 from tasks.extract import extract_archive, unpack_table
 from tasks.fetch import fetch_file, list_remote_files
@@ -25,7 +26,7 @@ from tasks.progress import artifact_key
 DEFAULT_CONFIG = PrepareConfig()
 
 
-@flow(name="fetch", flow_run_name="fetch {config.competition}")
+@flow(name="fetch", flow_run_name="fetch {config.competition}", **HOOKS)
 def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
     """Download the selected files of the competition into raw/ (skipping complete ones)."""
     ws, endpoint = config.workspace, config.kaggle_endpoint
@@ -51,7 +52,7 @@ def fetch(config: PrepareConfig) -> dict[str, dict[str, Any]]:
     return records
 
 
-@flow(name="extract", flow_run_name="extract {config.competition}")
+@flow(name="extract", flow_run_name="extract {config.competition}", **HOOKS)
 def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Images -> original-image parquet shards per split; CSVs -> tables/."""
     ws, options = config.workspace, config.prepare
@@ -87,7 +88,7 @@ def extract(config: PrepareConfig, raw: dict[str, dict[str, Any]] | None = None)
     }
 
 
-@flow(name="prepare", flow_run_name="prepare {config.competition}")
+@flow(name="prepare", flow_run_name="prepare {config.competition}", **HOOKS)
 def prepare(config: PrepareConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Fetch then extract; returns a JSON-able summary (counts, paths)."""
     logger = get_run_logger()

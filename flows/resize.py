@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
 from flows.config import ResizeConfig
+from flows.notify import HOOKS
 from planet import resize as resize_lib
 from tasks.progress import artifact_key
 from tasks.resize import picture_batch, resize_images, split_train_images
@@ -24,7 +25,7 @@ from tasks.resize import picture_batch, resize_images, split_train_images
 DEFAULT_CONFIG = ResizeConfig()
 
 
-@flow(name="resize", flow_run_name="resize {config.competition}")
+@flow(name="resize", flow_run_name="resize {config.competition}", **HOOKS)
 def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """The split, then every (size, split) of sized shards; returns counts and folders."""
     logger = get_run_logger()

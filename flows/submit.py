@@ -14,6 +14,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.config import SubmitConfig
+from flows.notify import HOOKS
 from planet.kaggle.submit_record import git_commit, submission_message
 from tasks.submit import submit_predictions
 
@@ -21,7 +22,7 @@ DEFAULT_CONFIG = SubmitConfig()
 REPO = Path(__file__).resolve().parents[1]
 
 
-@flow(name="submit", flow_run_name="submit {config.competition} {config.recipe.name}")
+@flow(name="submit", flow_run_name="submit {config.competition} {config.recipe.name}", **HOOKS)
 def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Submit submissions/<run>.csv and wait for its score (only with `submit` on)."""
     logger = get_run_logger()

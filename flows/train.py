@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from flows.config import TrainConfig
+from flows.notify import HOOKS
 from planet.infer.decision import decision_for
 from planet.learn import stages
 from planet.learn.members import short_name
@@ -40,7 +41,7 @@ def _holding(limit: str | None) -> Iterator[None]:
         yield
 
 
-@flow(name="train", flow_run_name="train {config.competition} {config.member_label}")
+@flow(name="train", flow_run_name="train {config.competition} {config.member_label}", **HOOKS)
 def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Train every stage of one member's recipe (holding out its fold); returns the stage
     records and the exported bundle."""

@@ -3,6 +3,9 @@
 Retries: only transient errors (429, 5xx, dropped connections) are retried, with exponential
 backoff and jitter; a 429's Retry-After is honoured. 401/403/404 fail at once with the
 library's message (check credentials / accept the rules / the name is wrong).
+
+Credentials come from tasks/credentials.py inside each task (environment, kaggle.json, else
+the Prefect Secret block), never from a parameter.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from prefect.tasks import exponential_backoff
 from planet import kaggle
 from planet.workspace import Workspace
 from tasks.caching import key_from, stage_task
+from tasks.credentials import kaggle_credentials
 from tasks.progress import Progress
 
 DOWNLOAD_CODE_VERSION = "1"
@@ -51,8 +55,11 @@ RETRY_OPTIONS: dict[str, Any] = dict(
 @task(name="list Kaggle files", **RETRY_OPTIONS)
 def list_remote_files(slug: str, endpoint: str | None = None) -> list[dict[str, Any]]:
     """The competition's files as Kaggle lists them (name, size, version identity)."""
-    files = kaggle.list_files(slug, endpoint=endpoint)
-    get_run_logger().info("%s lists %d files", slug, len(files))
+    creds = kaggle_credentials()
+    files = kaggle.list_files(slug, endpoint=endpoint, credentials=creds)
+    get_run_logger().info(
+        "%s lists %d files (Kaggle credentials from %s)", slug, len(files), creds.source
+    )
     return [f.to_dict() for f in files]
 
 
@@ -71,7 +78,13 @@ def fetch_file(
     raw = ws.raw(remote["name"])
     progress = Progress(f"download {raw.name}", unit="bytes")
     record = kaggle.download_file(
-        ws.slug, raw.name, raw.folder, endpoint=endpoint, progress=progress, remote=remote
+        ws.slug,
+        raw.name,
+        raw.folder,
+        endpoint=endpoint,
+        credentials=kaggle_credentials(),
+        progress=progress,
+        remote=remote,
     )
     progress.done()
     get_run_logger().info("%s: %s bytes, sha256 %s", raw.name, f"{record.size:,}", record.sha256)

@@ -16,8 +16,8 @@ outlive or miss the record (another Prefect home, a cleared cache) and would han
 without asking Kaggle. Re-running is cheap anyway: a recorded submission costs one status
 request, never a submission.
 
-Credentials come from `planet.kaggle.load_credentials()` inside the task (environment or
-kaggle.json), never from a parameter, and never reach a log line, artifact or result.
+Credentials come from tasks/credentials.py inside the task (environment, kaggle.json, else the
+Prefect Secret block), never from a parameter, and never reach a log line, artifact or result.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from prefect.tasks import exponential_backoff
 
 from planet import kaggle
 from planet.kaggle import submit_record
+from tasks.credentials import kaggle_credentials
 from tasks.fetch import retry_transient
 from tasks.progress import artifact_key
 
@@ -103,7 +104,7 @@ def submit_predictions(
     folder).
     """
     logger = get_run_logger()
-    creds = kaggle.load_credentials()
+    creds = kaggle_credentials()
     csv = Path(csv_path)
     host = submit_record.endpoint_host(endpoint)
     ctx = TaskRunContext.get()

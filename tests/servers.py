@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,3 +71,51 @@ def planet_server(home: Path, auth: str | None = None) -> Iterator[str]:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
+
+
+class WebhookReceiver:
+    """What a webhook receiver on 127.0.0.1 got: each POST's path and JSON body, in order."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.posts: list[tuple[str, dict]] = []
+        self._got = threading.Condition()
+
+    def record(self, path: str, body: dict) -> None:
+        with self._got:
+            self.posts.append((path, body))
+            self._got.notify_all()
+
+    def wait_for(self, n: int, timeout: float = 60.0) -> list[dict]:
+        """The bodies once `n` POSTs arrived (fewer when `timeout` passes first)."""
+        with self._got:
+            self._got.wait_for(lambda: len(self.posts) >= n, timeout=timeout)
+            return [body for _, body in self.posts]
+
+
+@contextlib.contextmanager
+def webhook_receiver(status: int = 204) -> Iterator[WebhookReceiver]:
+    """An HTTP server on a free 127.0.0.1 port recording every POST (answering `status`)."""
+    import http.server
+    import json
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            length = int(self.headers.get("Content-Length") or 0)
+            receiver.record(self.path, json.loads(self.rfile.read(length) or b"null"))
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver = WebhookReceiver(f"http://127.0.0.1:{server.server_address[1]}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -12,7 +12,12 @@ kaggle.download_file(...)` works.
 """
 
 from planet.kaggle.client import normalize_endpoint, use_endpoint
-from planet.kaggle.credentials import Credentials, load_credentials
+from planet.kaggle.credentials import (
+    Credentials,
+    CredentialSource,
+    credentials_from_value,
+    load_credentials,
+)
 from planet.kaggle.download import DEFAULT_CLIENT_RETRIES, FileRecord, download_file
 from planet.kaggle.errors import (
     InsecureCredentialsWarning,
@@ -44,6 +49,7 @@ from planet.kaggle.submissions import (
 __all__ = [
     "DEFAULT_CLIENT_RETRIES",
     "PARTIAL_DIR",
+    "CredentialSource",
     "Credentials",
     "FileRecord",
     "InsecureCredentialsWarning",
@@ -57,6 +63,7 @@ __all__ = [
     "RemoteFile",
     "SubmissionRef",
     "SubmissionStatus",
+    "credentials_from_value",
     "download_file",
     "is_transient",
     "list_files",

@@ -2,6 +2,8 @@
 
 Credentials are read by `load_credentials` (or passed in) and handed to the client
 explicitly; the key never appears in an exception message, repr or log line from here.
+Besides the environment and kaggle.json, a caller may name further places to look after those
+(`CredentialSource`: a secrets store such as a Prefect Secret block; tasks/credentials.py).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 import os
 import stat
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from planet.kaggle.errors import InsecureCredentialsWarning, KaggleCredentialsError
 
@@ -57,6 +61,50 @@ class Credentials:
         if self.username and self.key:
             out.append(base64.b64encode(f"{self.username}:{self.key}".encode()).decode())
         return tuple(s for s in out if len(s) >= MIN_SECRET_LEN)
+
+
+CredentialValue = str | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CredentialSource:
+    """A further place to look for credentials, after the environment and kaggle.json.
+
+    `name` says where in messages ("the Prefect Secret block 'kaggle-credentials'"); `read()`
+    returns what it holds (kaggle.json's text, or a mapping with "username" and "key", or with
+    "token") or None when it holds nothing; `hint` tells the user how to fill it.
+    """
+
+    name: str
+    read: Callable[[], CredentialValue | None]
+    hint: str = ""
+
+
+def credentials_from_value(value: CredentialValue, source: str) -> Credentials:
+    """Credentials from kaggle.json's content (text or mapping) or {"token": ...}.
+
+    Messages name `source` and the fields it lacks, never what it holds.
+    """
+    shape = '{"username": "<your Kaggle username>", "key": "<your API key>"}'
+    data: Any = value
+    if isinstance(value, str):
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise KaggleCredentialsError(
+                f"{source} is not JSON: it should hold kaggle.json's content, {shape}"
+            ) from None
+    if not isinstance(data, Mapping):
+        raise KaggleCredentialsError(f"{source} should hold kaggle.json's content, {shape}")
+    token = data.get("token")
+    if token:
+        return Credentials(str(data.get("username") or "") or None, token=str(token), source=source)
+    if not data.get("username") or not data.get("key"):
+        raise KaggleCredentialsError(
+            f'{source} must contain "username" and "key" ({shape}; download a fresh '
+            f"kaggle.json from {API_TOKEN_PAGE})"
+        )
+    return Credentials(str(data["username"]), str(data["key"]), source=source)
 
 
 def _config_dirs(config_dir: str | os.PathLike[str] | None) -> list[Path]:
@@ -109,13 +157,17 @@ def _read_kaggle_json(path: Path) -> Credentials:
     return Credentials(str(data["username"]), str(data["key"]), source=str(path))
 
 
-def load_credentials(config_dir: str | os.PathLike[str] | None = None) -> Credentials:
+def load_credentials(
+    config_dir: str | os.PathLike[str] | None = None,
+    more: Sequence[CredentialSource] = (),
+) -> Credentials:
     """Find Kaggle credentials the way the kaggle CLI does, environment first.
 
     Order: KAGGLE_USERNAME + KAGGLE_KEY; KAGGLE_API_TOKEN (a token or a path to a token file);
     `kaggle.json` then `access_token` in `config_dir` (else KAGGLE_CONFIG_DIR, else
-    ~/.kaggle then $XDG_CONFIG_HOME/kaggle). Warns (InsecureCredentialsWarning) when
-    kaggle.json is readable by group/others; raises KaggleCredentialsError when nothing is found.
+    ~/.kaggle then $XDG_CONFIG_HOME/kaggle); then each of `more`, in order. Warns
+    (InsecureCredentialsWarning) when kaggle.json is readable by group/others; raises
+    KaggleCredentialsError naming every place it looked when nothing is found.
     """
     user = os.environ.get("KAGGLE_USERNAME") or None
     key = os.environ.get("KAGGLE_KEY") or None
@@ -141,10 +193,17 @@ def load_credentials(config_dir: str | os.PathLike[str] | None = None) -> Creden
         for name in ("access_token", "access_token.txt"):
             if (d / name).is_file():
                 return _read_token_file(d / name, str(d / name))
-    looked = ", ".join(str(d / "kaggle.json") for d in dirs)
+    for source in more:
+        value = source.read()
+        if value is not None:
+            return credentials_from_value(value, source.name)
+    places = [f"for {', '.join(str(d / 'kaggle.json') for d in dirs)}"]
+    places += [f"in {source.name}" for source in more]
+    looked = ", ".join(places[:-1]) + (" and " if len(places) > 1 else "") + places[-1]
+    hints = "".join(f", or {source.hint}" for source in more if source.hint)
     raise KaggleCredentialsError(
         "No Kaggle credentials found: looked for KAGGLE_USERNAME/KAGGLE_KEY and "
-        f"KAGGLE_API_TOKEN in the environment and for {looked}. Create an API token at "
+        f"KAGGLE_API_TOKEN in the environment and {looked}. Create an API token at "
         f"{API_TOKEN_PAGE}, save the downloaded kaggle.json as {dirs[0] / 'kaggle.json'} "
-        "(then chmod 600 it), or set KAGGLE_USERNAME and KAGGLE_KEY."
+        f"(then chmod 600 it), or set KAGGLE_USERNAME and KAGGLE_KEY{hints}."
     )
