@@ -379,6 +379,18 @@ def test_a_missing_model_and_a_source_without_images_fail_in_one_line(models, tm
     assert "--thresholds" in capsys.readouterr().err
 
 
+def test_cuda_asked_for_without_cuda_is_one_line(models, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "a.jpg").write_bytes(jpeg(1))
+    argv = ["predict-images", str(tmp_path), "--model", str(models["planet"]), "--device", "cuda"]
+    argv += ["--out", str(tmp_path / "x.csv"), "--thresholds", str(models["planet_t"])]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda" in err[0] and "CUDA is not available" in err[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # the drop folder
 

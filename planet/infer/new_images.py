@@ -125,7 +125,11 @@ class Predictor:
                 "(<data>/<slug>/models/<run>/export.pt)"
             )
         self.model_sha256 = sha256_file(self.model_path)
-        self.bundle = load_bundle(self.model_path, device=resolve_device(device))
+        try:
+            where = resolve_device(device)
+        except RuntimeError as exc:  # CUDA asked for where there is none
+            raise PredictSetupError(f"--device {device}: {exc}") from None
+        self.bundle = load_bundle(self.model_path, device=where)
         self.bundle.model.to(memory_format=torch.channels_last)  # as the predict stage does
         self.device = next(self.bundle.model.parameters()).device
         self.settings = run_settings(
