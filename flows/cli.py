@@ -4,6 +4,8 @@
     planet kaggle-local --root ROOT [--host 127.0.0.1] [--port P]
     planet demo [--competition SLUG] [--workdir DIR] [--kaggle-root ROOT] [--recipe NAME|FILE]
     planet server [--home .prefect] [--host 127.0.0.1] [--port 4200]
+    planet predict-images SOURCE --model export.pt --out FILE.csv [--probabilities]
+               [--thresholds FILE] [--device auto] [--batch-size 64]
     planet run [--competition SLUG] [--data-dir DIR] [--stages STAGE ...] [--recipe NAME|FILE]
                [one flag per field of every stage's options: --valid-pct, --folds, --beta, ...]
 
@@ -191,6 +193,65 @@ def run(
     for line in how_to_open(summary.get("flow_run_id") or ""):
         print(line)
     print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+@app.command(name="predict-images")
+def predict_images(
+    source: Annotated[
+        str,
+        Parameter(
+            help="a folder of images (JPEG, PNG, TIFF), a .zip/.tar/.tar.7z archive, or "
+            "a folder of original-image shards"
+        ),
+    ],
+    *,
+    model: Annotated[str, Parameter(help="a trained run's export.pt (models/<run>/export.pt)")],
+    out: Annotated[str, Parameter(help="the CSV to write")],
+    probabilities: Annotated[bool, Parameter(help="add one probability column per class")] = False,
+    thresholds: Annotated[
+        str | None,
+        Parameter(help="fitted thresholds/clip file (default: the run's thresholds.json)"),
+    ] = None,
+    tta: Annotated[
+        bool | None, Parameter(help="TTA over the 8 symmetries (default: the run's)")
+    ] = None,
+    beta: Annotated[
+        float | None, Parameter(help="TTA's plain-image weight (default: the run's)")
+    ] = None,
+    method: Annotated[
+        Literal["squish", "crop"] | None, Parameter(help="resize method (default: the run's)")
+    ] = None,
+    device: Annotated[str, Parameter(help="auto, cpu, cuda, cuda:1...")] = "auto",
+    batch_size: Annotated[int, Parameter(help="images per batch")] = 64,
+) -> int:
+    """Predict new imagery with a trained model: writes `image_name,tags` (Planet) or `id,label`
+    (Dogs vs Cats) rows, resized, TTA'd and thresholded as the run did. Files that cannot be
+    read are listed and left out."""
+    from planet.infer.new_images import predict_source
+
+    result = predict_source(
+        source,
+        model,
+        out,
+        probabilities=probabilities,
+        thresholds=thresholds,
+        tta=tta,
+        beta=beta,
+        method=method,
+        device=device,
+        batch_size=batch_size,
+    )
+    print(
+        f"predicted {result['predicted']} image(s) of {source} with {result['model']} "
+        f"({result['size']}px, TTA {'on' if result['tta'] else 'off'}, thresholds "
+        f"{result['thresholds']})"
+    )
+    bad = result["bad"]
+    print(f"skipped {len(bad)} bad file(s)" + (":" if bad else ""))
+    for b in bad:
+        print(f"  {b['file']}: {b['reason']}")
+    print(f"wrote {result['out']}")
     return 0
 
 

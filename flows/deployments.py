@@ -51,7 +51,7 @@ class Deployment:
     name: str
     entrypoint: str  # path/to/module.py:flow_function
     description: str
-    cron: str | None = None  # a weekly schedule, inactive until turned on in the UI
+    cron: str | None = None  # a schedule, inactive until turned on in the UI
     parameters: tuple[tuple[str, Any], ...] = ()
 
     def load(self) -> Any:
@@ -118,6 +118,13 @@ DEPLOYMENTS: tuple[Deployment, ...] = (
         "flows/submit.py:submit",
         "Submit the submission file and record its score (spends a daily submission).",
         parameters=OFF,
+    ),
+    Deployment(
+        "predict-images",
+        "flows/predict_images.py:predict_new_images",
+        "Predict the drop folder's new images (unseen content) into one CSV with the trained run.",
+        cron="*/15 * * * *",  # every 15 minutes, once turned on
+        parameters=(("source", "drop"),),
     ),
 )
 

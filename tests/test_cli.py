@@ -15,7 +15,7 @@ from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.store import shards
 from planet.workspace import Workspace
 
-COMMANDS = ["synth", "kaggle-local", "demo", "run", "server"]
+COMMANDS = ["synth", "kaggle-local", "demo", "run", "server", "predict-images"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -51,6 +51,7 @@ def test_serve_entry_point_builds_one_deployment_per_stage():
         "thresholds-served",
         "submission-served",
         "submit-served",
+        "predict-images-served",
     }
     pipeline = next(d for d in deployments if d.name == "pipeline-served")
     assert pipeline.schedules and pipeline.schedules[0].schedule.cron == "0 2 * * 6"
@@ -63,4 +64,5 @@ def test_prefect_yaml_is_written_from_the_one_deployment_list():
     assert PREFECT_YAML.read_text() == prefect_yaml(), "run `python -m flows.deployments`"
     assert [d["name"] for d in DEPLOYMENTS_YAML] == [d.name for d in DEPLOYMENTS]
     every_stage = {"prepare", "fetch", "extract", "resize", "train", "predict", "thresholds"}
-    assert every_stage | {"submission", "submit", "pipeline"} == {d.name for d in DEPLOYMENTS}
+    others = {"submission", "submit", "pipeline", "predict-images"}
+    assert every_stage | others == {d.name for d in DEPLOYMENTS}

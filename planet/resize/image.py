@@ -171,3 +171,20 @@ def resize_jpeg_unchecked(data: bytes | memoryview, size: int, method: str) -> n
     if im is None:
         im = Image.fromarray(arr)
     return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+
+
+def resize_decoded(im: Image.Image, size: int, method: Method = "squish") -> np.ndarray:
+    """A decoded RGB image (a PNG, a TIFF) as a `size x size x 3` uint8 array, the way
+    `resize_jpeg` finishes a JPEG: one antialiased BILINEAR resize of the method's source
+    rectangle (no DCT scaling: the image is already decoded at full size); none when it is
+    already `size x size`."""
+    size, method = check_size(size), check_method(method)
+    if im.mode != "RGB":
+        raise ValueError(f"resize_decoded needs an RGB image, got mode {im.mode}")
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise BadImageError(f"{w}x{h} pixels is too large (more than {MAX_PIXELS:,})")
+    box = _box(h, w, h, w, method)
+    if (h, w) == (size, size) and box == (0.0, 0.0, size, size):
+        return np.asarray(im)
+    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
