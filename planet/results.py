@@ -149,7 +149,8 @@ def metrics(data_dir: DataDir, competition: str | Competition, run: str) -> pd.D
 
 def thresholds(data_dir: DataDir, competition: str | Competition, run: str) -> pd.DataFrame:
     """The decision fitted on validation: per class (index) its support, threshold and F2 at
-    0.2 and fitted (multi-label), or one row of the clip and its log losses (single-label)."""
+    0.2 and fitted (multi-label); per candidate clip (index) its validation log loss and
+    whether it was chosen (single-label)."""
     return _ws(data_dir, competition).thresholds(run).frame()
 
 

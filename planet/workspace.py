@@ -315,13 +315,16 @@ class Thresholds(FittedFile):
         return read_json(self.require("thresholds"))
 
     def frame(self) -> pd.DataFrame:
-        """Per class (index): support, threshold, F2 at 0.2 and fitted (multi-label); one row
-        of the clip and its log losses (single-label)."""
+        """Per class (index): support, threshold, F2 at 0.2 and fitted (multi-label); per
+        candidate clip (index): its validation log loss and whether it was chosen
+        (single-label)."""
         import pandas as pd
 
         report = self.read()
         if report.get("kind") == "clip":
-            return pd.DataFrame([{k: v for k, v in report.items() if k != "kind"}])
+            losses = {float(c): v for c, v in report["candidates"].items()}
+            frame = pd.DataFrame({"log_loss": losses}).rename_axis("clip")
+            return frame.assign(chosen=frame.index == float(report["clip"]))
         fitted = report["per_class"]["thresholds"]
         rows = {
             "support": report["support"],

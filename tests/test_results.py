@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from planet import results
-from planet.competitions import PLANET
+from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.infer import ensemble
 from planet.infer.predict import write_probs
 from planet.infer.runs import VALID, fit_decision, scored_splits, valid_names, write_run_submission
+from planet.infer.thresholds import CLIP_CANDIDATES, clip_report, write_thresholds
 from planet.learn.members import ensemble_name, members
 from planet.learn.metrics import fbeta_samples
 from planet.learn.recipe import Recipe, TrainStage
@@ -167,3 +168,17 @@ def test_the_readme_notebook_example_runs(tmp_path, monkeypatch):
     per_class = [bar.get_width() for bar in ax.patches]
     assert all(f > 0 for f, c in zip(per_class, PLANET.classes, strict=True) if c in LEARNED)
     assert all(f == 0 for f, c in zip(per_class, PLANET.classes, strict=True) if c not in LEARNED)
+
+
+def test_a_single_label_runs_clip_per_candidate(tmp_path):
+    rng = np.random.default_rng(0)
+    p = np.clip(rng.random(300) * 1.3 - 0.15, 0, 1)  # overconfident: some exact 0s and 1s
+    y = rng.random(300) < 0.5
+    report = {"kind": "clip", **clip_report(p, y)}
+    ws = Workspace.of(tmp_path, DOGS_VS_CATS)
+    write_thresholds(ws.thresholds("r").path, report)
+    frame = results.thresholds(tmp_path, "dogs-vs-cats", "r")
+    assert frame.index.name == "clip" and frame.index.tolist() == sorted(CLIP_CANDIDATES)
+    assert frame.loc[frame["chosen"]].index.tolist() == [report["clip"]]
+    assert frame["log_loss"].min() == pytest.approx(report["log_loss_clipped"])
+    assert frame.loc[0.0, "log_loss"] == pytest.approx(report["log_loss_raw"])
