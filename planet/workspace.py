@@ -14,6 +14,9 @@
     submissions/<run>.csv          SubmissionFile   the CSV, and its submit records beside it
 ```
 
+The tables among them also read as pandas DataFrames (`frame()`: predictions, a run's
+metrics history, thresholds, the submission); `planet.results` is the notebook's entry point.
+
 Each dataset has its path, its reader and `complete(...)`: the one answer to "is it done?" (the
 format's own check, which the stage uses too to skip finished work, and the cache layer uses to
 refresh a cached stage whose outputs were deleted). As Kedro's catalog names datasets and
@@ -32,6 +35,8 @@ from planet.competitions import Competition, DataFile, resolve
 from planet.constants import MANIFEST
 
 if TYPE_CHECKING:  # the catalog is imported by every flow: what it reads loads when read
+    import pandas as pd
+
     from planet.store.labels import LabelTable
     from planet.store.sized import ImageData
     from planet.store.split import Split
@@ -39,6 +44,7 @@ if TYPE_CHECKING:  # the catalog is imported by every flow: what it reads loads 
 SPLIT_FILE = "split.parquet"
 EXPORT_FILE = "export.pt"
 THRESHOLDS_FILE = "thresholds.json"
+SUBMIT_RECORDS = "*.submitted.json"  # planet.kaggle.submit_record's records, beside the CSVs
 BATCH_PICTURE = "batch.png"
 
 
@@ -210,6 +216,27 @@ class ModelRun:
     def losses_picture(self, index: int) -> Path:
         return self.folder / f"losses-{index + 1}.png"
 
+    def stage_records(self) -> list[dict[str, Any]]:
+        """The records of the finished stages, in order (none before the first finishes)."""
+        from planet.fileio import read_json
+
+        records = []
+        while self.stage_record(len(records)).is_file():
+            records.append(read_json(self.stage_record(len(records))))
+        return records
+
+    def frame(self) -> pd.DataFrame:
+        """The metrics history: one row per epoch of every finished stage (stage, epoch,
+        train_loss, valid_loss, the metrics, lr, seconds, images_per_s)."""
+        import pandas as pd
+
+        rows = [
+            {"stage": rec["stage"], **{k: v for k, v in row.items() if k != "batch_losses"}}
+            for rec in self.stage_records()
+            for row in rec["history"]
+        ]
+        return pd.DataFrame(rows, columns=None if rows else ["stage", "epoch"])
+
     def stage_complete(self, index: int, fingerprint: str) -> dict[str, Any] | None:
         """The record of a finished stage with this fingerprint whose weights are intact."""
         from planet.fileio import read_json
@@ -255,6 +282,13 @@ class Predictions:
 
         return read_probs(self.folder)
 
+    def frame(self) -> pd.DataFrame:
+        """The probabilities: index image_name, one float32 column per class."""
+        from planet.infer.predict import read_probs_frame
+
+        self.read_manifest()  # finished, or an error naming the predict stage
+        return read_probs_frame(self.folder)
+
 
 @dataclass(frozen=True)
 class FittedFile:
@@ -269,6 +303,59 @@ class FittedFile:
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path} is missing: run the {stage} stage first")
         return self.path
+
+
+@dataclass(frozen=True)
+class Thresholds(FittedFile):
+    """predictions/<run>/thresholds.json: the decision fitted on validation."""
+
+    def read(self) -> dict[str, Any]:
+        from planet.fileio import read_json
+
+        return read_json(self.require("thresholds"))
+
+    def frame(self) -> pd.DataFrame:
+        """Per class (index): support, threshold, F2 at 0.2 and fitted (multi-label); per
+        candidate clip (index): its validation log loss and whether it was chosen
+        (single-label)."""
+        import pandas as pd
+
+        report = self.read()
+        if report.get("kind") == "clip":
+            losses = {float(c): v for c, v in report["candidates"].items()}
+            frame = pd.DataFrame({"log_loss": losses}).rename_axis("clip")
+            return frame.assign(chosen=frame.index == float(report["clip"]))
+        fitted = report["per_class"]["thresholds"]
+        rows = {
+            "support": report["support"],
+            "threshold": fitted,
+            "f2_at_0.2": report["per_class_f2_fixed"],
+            "f2_fitted": report["per_class_f2"],
+        }
+        frame = pd.DataFrame(rows).loc[report["classes"]]
+        return frame.rename_axis("class")
+
+
+@dataclass(frozen=True)
+class SubmissionFile(FittedFile):
+    """submissions/<run>.csv, with the records of its submissions beside it."""
+
+    def frame(self) -> pd.DataFrame:
+        """The CSV's cells as written (strings), indexed by its first (key) column."""
+        from planet.infer.submission import read_frame
+
+        frame = read_frame(self.require("submission"))
+        return frame.set_index(frame.columns[0])
+
+    def records(self) -> list[dict[str, Any]]:
+        """The submit records of this exact file (by content), one per endpoint."""
+        from planet.fileio import read_json, sha256_file
+
+        if not self.path.is_file():
+            return []
+        sha = sha256_file(self.path)
+        found = (read_json(p) for p in sorted(self.path.parent.glob(SUBMIT_RECORDS)))
+        return [r for r in found if isinstance(r, dict) and r.get("csv_sha256") == sha]
 
 
 @dataclass(frozen=True)
@@ -364,11 +451,11 @@ class Workspace:
     def predictions(self, run: str, split: str) -> Predictions:
         return Predictions(self.predictions_dir / run / split)
 
-    def thresholds(self, run: str) -> FittedFile:
-        return FittedFile(self.predictions_dir / run / THRESHOLDS_FILE)
+    def thresholds(self, run: str) -> Thresholds:
+        return Thresholds(self.predictions_dir / run / THRESHOLDS_FILE)
 
-    def submission(self, run: str) -> FittedFile:
-        return FittedFile(self.submissions_dir / f"{run}.csv")
+    def submission(self, run: str) -> SubmissionFile:
+        return SubmissionFile(self.submissions_dir / f"{run}.csv")
 
     # locations in results
     def relative(self, path: Path) -> str:

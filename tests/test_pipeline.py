@@ -76,6 +76,38 @@ def test_the_pipeline_ends_with_a_graded_score_better_than_a_constant(demo_run):
     assert all(np.isfinite(e["f2"]) for e in epochs)
 
 
+def test_the_results_api_reads_the_demos_outputs(demo_run):
+    from planet import results
+    from planet.learn.metrics import fbeta_samples
+
+    workdir, summary = demo_run
+    data, run = workdir / "data", summary["recipe"]
+    row = results.runs(data, "planet").loc[run]
+    assert row["kind"] == "model" and (row["stages"], row["epochs"]) == (2, 4)
+    assert row["splits"] == "test,test-additional,valid" and bool(row["submission"])
+    assert row["val_metric_tuned"] == summary["val_metric_tuned"]
+    assert row["public_score"] == summary["score"]
+    history = results.metrics(data, PLANET.slug, run)
+    assert list(zip(history["stage"], history["epoch"], strict=True)) == [
+        (e["stage"], e["epoch"]) for e in summary["train"]["epochs"]
+    ]
+    assert {"train_loss", "valid_loss", "f2", "seconds"} <= set(history.columns)
+    assert history["f2"].tolist() == [e["f2"] for e in summary["train"]["epochs"]]
+    probs = results.predictions(data, "planet", run=run, split="valid")
+    truth = results.labels(data, "planet").loc[probs.index, probs.columns]  # from train_v2.csv
+    assert len(probs) == summary["predicted"]["valid"]
+    assert fbeta_samples(truth.to_numpy(), probs.to_numpy() > 0.2) == pytest.approx(
+        summary["val_metric_default"]
+    )
+    assert len(results.predictions(data, "planet", run=run, split="test")) == 60
+    fitted = results.thresholds(data, "planet", run)
+    assert fitted["threshold"].to_dict() == summary["thresholds"]
+    sub = results.submission(data, "planet", run)
+    assert len(sub) == 60 + 20 and sub.index.name == "image_name"
+    record = results.submit_record(data, "planet", run)
+    assert len(record) == 1 and record.loc[0, "public_score"] == summary["score"]
+
+
 def test_a_second_run_is_cached_and_does_not_submit_again(demo_run):
     from flows.demo import run_demo
 

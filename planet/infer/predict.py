@@ -71,6 +71,7 @@ from planet.infer.tta import TTA_VIEWS, check_beta, check_task, eval_mode, predi
 from planet.store.sized import read_sized_manifest, read_sized_names
 
 if TYPE_CHECKING:  # torch loads when something is predicted, not for completeness checks
+    import pandas as pd
     import torch
     from torch import nn
 
@@ -153,6 +154,14 @@ def read_probs(path: str | Path) -> tuple[list[str], np.ndarray, tuple[str, ...]
     for j, c in enumerate(classes):
         probs[:, j] = table.column(c).to_numpy()
     return names, probs, classes
+
+
+def read_probs_frame(path: str | Path) -> pd.DataFrame:
+    """The probabilities of `read_probs` as a DataFrame: index image_name, one float32 column
+    per class."""
+    path = Path(path)
+    table = pq.read_table(path / PROBS_FILE if path.is_dir() else path)
+    return table.to_pandas().set_index(NAME_COLUMN)
 
 
 def _file_record(path: Path) -> dict[str, Any]:

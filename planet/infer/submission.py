@@ -19,22 +19,25 @@ Design:
   missing, extra or duplicate keys raise `SubmissionError` naming the first few of each. Rows
   are then written in the sample submission's order, atomically (`\\n` line endings, no index
   column), so a failed check or an interrupted write leaves no file and no temporary file.
+- Tables. The sample submission and submissions are read, and submissions written, with pandas
+  (`planet.store.frames`: strings as written; the bytes are those `csv.writer` wrote before).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from planet.competitions import Competition
 from planet.fileio import atomic_path, sha256_bytes
+
+if TYPE_CHECKING:  # pandas loads when a table is read or written
+    import pandas as pd
 
 MAX_NAMED = 10  # how many offending keys an error message lists
 PREVIEW_LINES = 5
@@ -70,15 +73,20 @@ def sample_submission_path(comp: Competition, tables_dir: str | os.PathLike[str]
     return Path(tables_dir) / files[0].table_name
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def read_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """A submission-shaped CSV (cells as written, blank lines left out; the index is the
+    line number less 2) as a DataFrame of strings."""
+    import pandas as pd
+
+    from planet.store.frames import blank_rows, read_csv_frame
+
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        frame = read_csv_frame(path)
     except UnicodeDecodeError as exc:
         raise SubmissionError(f"{path} is not UTF-8 text") from exc
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader, [])]
-    rows = [row for row in reader if row and any(cell.strip() for cell in row)]
-    return header, rows
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    return frame[~blank_rows(frame)]
 
 
 def expected_keys(comp: Competition, tables_dir: str | os.PathLike[str]) -> list[str]:
@@ -90,18 +98,18 @@ def expected_keys(comp: Competition, tables_dir: str | os.PathLike[str]) -> list
             "run the prepare stage (fetch + extract) first"
         )
     key_col = comp.submission_columns[0]
-    header, rows = _read_csv(path)
+    frame = read_frame(path)
+    header = list(frame.columns)
     if key_col not in header:
         raise SubmissionError(f"{path}: header is {header}, expected a column {key_col!r}")
-    i = header.index(key_col)
-    keys = [row[i].strip() if i < len(row) else "" for row in rows]
-    empty = [str(n) for n, k in enumerate(keys, start=2) if not k]
+    keys = frame[key_col].str.strip()
+    empty = [str(n) for n in frame.index[keys.eq("").to_numpy()] + 2]
     if empty:
         raise SubmissionError(f"{path}: empty {key_col} on line(s) {_some(empty)}")
-    dupes = [k for k, c in Counter(keys).items() if c > 1]
+    dupes = keys[keys.duplicated(keep=False)].drop_duplicates().tolist()
     if dupes:
         raise SubmissionError(f"{path}: duplicate {key_col} {_some(dupes)}; re-run prepare")
-    return keys
+    return keys.tolist()
 
 
 def _check_names(names: Sequence[str], n: int, what: str) -> list[str]:
@@ -188,14 +196,6 @@ def validate(keys_written: Sequence[str], expected: Sequence[str], key_column: s
     )
 
 
-def _csv_bytes(header: Sequence[str], rows: Sequence[Sequence[str]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")
-
-
 def write_submission(
     path: str | os.PathLike[str],
     header: Sequence[str],
@@ -206,23 +206,28 @@ def write_submission(
 
     Returns `{"path", "rows", "sha256", "preview"}` (preview: the first 5 lines, header
     included). Nothing is written when validation fails."""
+    import pandas as pd
+
+    from planet.store.frames import csv_bytes, string_frame
+
     header = [str(h) for h in header]
     short = [str(r[0]) if r else "" for r in rows if len(r) != len(header)]
     if short:
         raise SubmissionError(
             f"{len(short)} row(s) do not have {len(header)} fields {header}: {_some(short)}"
         )
-    keys = [str(r[0]) for r in rows]
-    validate(keys, expected_keys, header[0])
-    by_key = {k: r for k, r in zip(keys, rows, strict=True)}
-    ordered = [[str(v) for v in by_key[k]] for k in expected_keys]
-    data = _csv_bytes(header, ordered)
+    frame = string_frame(rows, len(header))
+    keys = pd.Index(frame[0])
+    order = keys.get_indexer(list(expected_keys)) if keys.is_unique else None
+    if order is None or len(keys) != len(expected_keys) or (order < 0).any():
+        validate(keys.tolist(), expected_keys, header[0])  # names what is wrong
+    data = csv_bytes(header, frame.take(order))
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return {
         "path": str(path),
-        "rows": len(ordered),
+        "rows": len(expected_keys),
         "sha256": sha256_bytes(data),
         "preview": data.decode("utf-8").split("\n")[:PREVIEW_LINES],
     }
@@ -230,8 +235,8 @@ def write_submission(
 
 def read_submission(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, ...]]]:
     """(header, rows) of a submission CSV, cells as written."""
-    header, rows = _read_csv(Path(path))
-    return header, [tuple(r) for r in rows]
+    frame = read_frame(path)
+    return list(frame.columns), list(frame.itertuples(index=False, name=None))
 
 
 def make_submission(

@@ -14,10 +14,10 @@ error message instead of scores, as Kaggle marks such a submission "error".
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,11 +112,19 @@ def _read_text(path: Path, what: str) -> str:
 
 def _rows(
     text: str, required: tuple[str, ...], what: str, err: type[ValueError]
-) -> list[dict[str, str]]:
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    if not header:
-        raise err(f"the {what} is empty: expected a header row {','.join(required)}")
+) -> dict[str, list[str]]:
+    """The required columns of a CSV text, cells stripped, blank lines left out."""
+    import pandas as pd
+
+    from planet.store.frames import blank_rows, read_csv_frame
+
+    try:
+        frame = read_csv_frame(io.BytesIO(text.encode("utf-8")), strict=True)
+    except pd.errors.EmptyDataError:
+        raise err(f"the {what} is empty: expected a header row {','.join(required)}") from None
+    except pd.errors.ParserError as exc:
+        raise err(f"the {what} has the wrong number of fields{_where(text, exc)}") from None
+    header = list(frame.columns)
     missing = [c for c in required if c not in header]
     if missing:
         raise err(
@@ -129,37 +137,40 @@ def _rows(
             f"the {what} has unexpected column(s) {', '.join(extra)}: expected exactly "
             f"{','.join(required)}"
         )
-    reader.fieldnames = header
-    rows = []
-    for line_no, row in enumerate(reader, start=2):
-        if None in row or any(v is None for v in row.values()):
-            raise err(f"the {what} has the wrong number of fields on line {line_no}")
-        rows.append({k: v.strip() for k, v in row.items()})
-    return rows
+    frame = frame[~blank_rows(frame)]
+    return {c: frame[c].str.strip().tolist() for c in required}
+
+
+def _where(text: str, exc: Exception) -> str:
+    """` on line N`: the line pyarrow's "Expected 2 columns, got 3: <row>" quotes."""
+    quoted = re.search(r"got \d+: (.*)", str(exc), re.S)
+    lines = text.splitlines()
+    row = quoted.group(1).rstrip("\r\n") if quoted else None
+    return f" on line {lines.index(row) + 1}" if row in lines else ""
 
 
 def _read_solution(text: str, id_col: str, value_col: str) -> dict[str, tuple[str, str]]:
     truth: dict[str, tuple[str, str]] = {}
-    for row in _rows(text, (id_col, value_col, "Usage"), "solution", SolutionError):
-        key, usage = row[id_col], row["Usage"]
+    cols = _rows(text, (id_col, value_col, "Usage"), "solution", SolutionError)
+    for key, value, usage in zip(cols[id_col], cols[value_col], cols["Usage"], strict=True):
         if usage not in USAGES:
             raise SolutionError(
                 f"solution row {key!r} has Usage {usage!r}: expected Public or Private"
             )
         if key in truth:
             raise SolutionError(f"solution has {id_col} {key!r} twice")
-        truth[key] = (row[value_col], usage)
+        truth[key] = (value, usage)
     return truth
 
 
 def _read_submission(text: str, id_col: str, value_col: str) -> dict[str, str]:
     pred: dict[str, str] = {}
     dups: list[str] = []
-    for row in _rows(text, (id_col, value_col), "submission", GradingError):
-        key = row[id_col]
+    cols = _rows(text, (id_col, value_col), "submission", GradingError)
+    for key, value in zip(cols[id_col], cols[value_col], strict=True):
         if key in pred:
             dups.append(key)
-        pred[key] = row[value_col]
+        pred[key] = value
     if dups:
         raise GradingError(
             f"the submission has {len(dups)} duplicate {id_col} value(s), e.g. {_examples(dups)}"
