@@ -11,6 +11,8 @@
     models/<run>/                  ModelRun         stage weights, records, checkpoints, export.pt
     predictions/<run>/<split>/     Predictions      probs.parquet + manifest.json
     predictions/<run>/thresholds.json  Thresholds   what was fitted on validation
+    predictions/<run>/interpretation.json  Interpretation  error analysis: top losses, per-tag
+                                   table, show_results (+ confusion), PNGs and CSV beside it
     submissions/<run>.csv          SubmissionFile   the CSV, and its submit records beside it
 ```
 
@@ -39,6 +41,7 @@ if TYPE_CHECKING:  # the catalog is imported by every flow: what it reads loads 
 SPLIT_FILE = "split.parquet"
 EXPORT_FILE = "export.pt"
 THRESHOLDS_FILE = "thresholds.json"
+INTERPRETATION_FILE = "interpretation.json"
 BATCH_PICTURE = "batch.png"
 
 
@@ -272,6 +275,36 @@ class FittedFile:
 
 
 @dataclass(frozen=True)
+class Interpretation:
+    """A run's error analysis (planet.infer.interpretation): files in predictions/<run>/ and
+    the manifest listing them, written last."""
+
+    folder: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / INTERPRETATION_FILE
+
+    def complete(self, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The manifest when made from these inputs (planet.infer.interpretation's
+        `interpretation_inputs`) with every file it lists intact."""
+        from planet.infer.interpretation import interpretation_complete
+
+        return interpretation_complete(self.manifest, dict(inputs))
+
+    def read_manifest(self) -> dict[str, Any]:
+        from planet.fileio import read_json
+
+        try:
+            return read_json(self.manifest)
+        except (OSError, ValueError):
+            raise FileNotFoundError(
+                f"{self.manifest} is missing: run the thresholds stage (it writes the error "
+                "analysis) first"
+            ) from None
+
+
+@dataclass(frozen=True)
 class Workspace:
     """Every dataset of `competition` under `<data_dir>/<slug>/` (see the module doc)."""
 
@@ -366,6 +399,9 @@ class Workspace:
 
     def thresholds(self, run: str) -> FittedFile:
         return FittedFile(self.predictions_dir / run / THRESHOLDS_FILE)
+
+    def interpretation(self, run: str) -> Interpretation:
+        return Interpretation(self.predictions_dir / run)
 
     def submission(self, run: str) -> FittedFile:
         return FittedFile(self.submissions_dir / f"{run}.csv")
