@@ -349,3 +349,20 @@ def test_the_thresholds_flow_writes_the_analysis_publishes_it_and_caches_it(tmp_
     thresholds(config)
     assert _task_states_since(since)["interpret"] == ["Completed"]
     assert ws.path(files["top_losses_png"]).is_file()
+
+
+def test_show_results_colours_right_green_and_wrong_red():
+    names = ["right", "wrong"]
+    a = interpret.analyse_multi_label(
+        names, [[0.9, 0.1], [0.9, 0.9]], [[1, 0], [1, 0]], ["a", "b"], [0.5, 0.5]
+    )
+    with Image.open(io.BytesIO(interpret.results_png(a, np.zeros((2, 32, 32, 3), np.uint8)))) as im:
+        pixels = np.asarray(im.convert("RGB"))
+    tile = interpret.TILE + PAD
+    left, right = pixels[:, PAD : PAD + tile - PAD], pixels[:, PAD + tile : PAD + 2 * tile - PAD]
+    assert (left == interpret.RIGHT).all(axis=2).any() and not (left == interpret.WRONG).all(
+        axis=2
+    ).any()
+    assert (right == interpret.WRONG).all(axis=2).any() and not (right == interpret.RIGHT).all(
+        axis=2
+    ).any()
