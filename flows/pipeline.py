@@ -66,6 +66,9 @@ def pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         out["oof_metric_default"] = fitted["val_metric_default"]  # validation = out of fold
         out["oof_metric_tuned"] = fitted["val_metric_tuned"]
         out.update(fitted["summary"])
+        files = fitted["interpretation"]["files"]  # the error analysis (Dogs: confident mistakes)
+        out["top_losses_png"] = str(config.workspace.path(files["top_losses_png"]))
+        out["per_tag_csv"] = str(config.workspace.path(files["per_tag_csv"]))
     if "submission" in run:
         written = submission(config.for_stage(PredictConfig))
         out["submission"] = str(config.workspace.path(written["path"]))
@@ -134,6 +137,8 @@ def _markdown(out: dict[str, Any]) -> str:
         ("score", "score from Kaggle"),
         ("private_score", "private score"),
         ("submission", "submission file"),
+        ("top_losses_png", "top losses"),
+        ("per_tag_csv", "per-class counts and metrics"),
     ):
         if out.get(key) is not None:
             value = out[key]

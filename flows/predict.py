@@ -2,7 +2,8 @@
 
     predict     = TTA probabilities of the validation images and of every test split
     thresholds  = the competition's decision fitted on validation (per-class thresholds, or a
-                  probability clip)
+                  probability clip), then the error analysis at it (top losses, per-tag table,
+                  show_results; Dogs vs Cats: confident mistakes and the confusion matrix)
     submission  = the CSV, checked against the sample submission before it is written
 
 Each reads what the one before wrote (under predictions/<run>/) and is cached on its content.
@@ -17,9 +18,11 @@ from prefect import flow
 from flows.config import PredictConfig
 from flows.notify import HOOKS
 from planet.fileio import sha256_file
+from planet.infer.interpretation import interpretation_inputs
 from planet.infer.runs import VALID, prediction_inputs, prediction_splits, scored_splits
 from planet.learn.stages import exported_bundle
 from tasks.ensemble import combine_members
+from tasks.interpret import error_analysis
 from tasks.predict import fit_validation_decision, predict_images, submission_file
 
 DEFAULT_CONFIG = PredictConfig()
@@ -73,15 +76,16 @@ def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
 )
 def thresholds(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     """Fit the thresholds (or clip) on the validation probabilities (an ensemble's: its
-    out-of-fold predictions)."""
+    out-of-fold predictions), then analyse the errors at them (`interpretation`: the files
+    under predictions/<run>/)."""
     ws, run = config.workspace, config.run_name
+    size = config.members()[0].recipe.stages[-1].size
     valid = ws.predictions(run, VALID).read_manifest()
-    return fit_validation_decision(
-        ws=ws,
-        run=run,
-        valid_sha256=valid["probs"]["sha256"],
-        size=config.members()[0].recipe.stages[-1].size,
+    fitted = fit_validation_decision(
+        ws=ws, run=run, valid_sha256=valid["probs"]["sha256"], size=size
     )
+    analysed = error_analysis(ws=ws, run=run, **interpretation_inputs(ws, run, size))
+    return {**fitted, "interpretation": analysed}
 
 
 @flow(

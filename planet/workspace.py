@@ -11,6 +11,8 @@
     models/<run>/                  ModelRun         stage weights, records, checkpoints, export.pt
     predictions/<run>/<split>/     Predictions      probs.parquet + manifest.json
     predictions/<run>/thresholds.json  Thresholds   what was fitted on validation
+    predictions/<run>/interpretation.json  Interpretation  error analysis: top losses, per-tag
+                                   table, show_results (+ confusion), PNGs and CSV beside it
     submissions/<run>.csv          SubmissionFile   the CSV, and its submit records beside it
 ```
 
@@ -45,6 +47,7 @@ SPLIT_FILE = "split.parquet"
 EXPORT_FILE = "export.pt"
 THRESHOLDS_FILE = "thresholds.json"
 SUBMIT_RECORDS = "*.submitted.json"  # planet.kaggle.submit_record's records, beside the CSVs
+INTERPRETATION_FILE = "interpretation.json"
 BATCH_PICTURE = "batch.png"
 
 
@@ -315,25 +318,10 @@ class Thresholds(FittedFile):
         return read_json(self.require("thresholds"))
 
     def frame(self) -> pd.DataFrame:
-        """Per class (index): support, threshold, F2 at 0.2 and fitted (multi-label); per
-        candidate clip (index): its validation log loss and whether it was chosen
-        (single-label)."""
-        import pandas as pd
+        """The report as a table (planet.infer.decision.report_frame)."""
+        from planet.infer.decision import report_frame
 
-        report = self.read()
-        if report.get("kind") == "clip":
-            losses = {float(c): v for c, v in report["candidates"].items()}
-            frame = pd.DataFrame({"log_loss": losses}).rename_axis("clip")
-            return frame.assign(chosen=frame.index == float(report["clip"]))
-        fitted = report["per_class"]["thresholds"]
-        rows = {
-            "support": report["support"],
-            "threshold": fitted,
-            "f2_at_0.2": report["per_class_f2_fixed"],
-            "f2_fitted": report["per_class_f2"],
-        }
-        frame = pd.DataFrame(rows).loc[report["classes"]]
-        return frame.rename_axis("class")
+        return report_frame(self.read())
 
 
 @dataclass(frozen=True)
@@ -356,6 +344,36 @@ class SubmissionFile(FittedFile):
         sha = sha256_file(self.path)
         found = (read_json(p) for p in sorted(self.path.parent.glob(SUBMIT_RECORDS)))
         return [r for r in found if isinstance(r, dict) and r.get("csv_sha256") == sha]
+
+
+@dataclass(frozen=True)
+class Interpretation:
+    """A run's error analysis (planet.infer.interpretation): files in predictions/<run>/ and
+    the manifest listing them, written last."""
+
+    folder: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / INTERPRETATION_FILE
+
+    def complete(self, inputs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The manifest when made from these inputs (planet.infer.interpretation's
+        `interpretation_inputs`) with every file it lists intact."""
+        from planet.infer.interpretation import interpretation_complete
+
+        return interpretation_complete(self.manifest, dict(inputs))
+
+    def read_manifest(self) -> dict[str, Any]:
+        from planet.fileio import read_json
+
+        try:
+            return read_json(self.manifest)
+        except (OSError, ValueError):
+            raise FileNotFoundError(
+                f"{self.manifest} is missing: run the thresholds stage (it writes the error "
+                "analysis) first"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -453,6 +471,9 @@ class Workspace:
 
     def thresholds(self, run: str) -> Thresholds:
         return Thresholds(self.predictions_dir / run / THRESHOLDS_FILE)
+
+    def interpretation(self, run: str) -> Interpretation:
+        return Interpretation(self.predictions_dir / run)
 
     def submission(self, run: str) -> SubmissionFile:
         return SubmissionFile(self.submissions_dir / f"{run}.csv")

@@ -143,6 +143,13 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     assert any(line.startswith("val_metric_default: ") for line in out_lines)
     assert summary["split"]["train"] + summary["split"]["valid"] == 24
     assert Path(summary["batch_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the error analysis of the validation images, beside the predictions
+    predictions = dirs.predictions_dir / summary["recipe"]
+    assert Path(summary["top_losses_png"]) == predictions / "top_losses.png"
+    assert Path(summary["top_losses_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_tag = Path(summary["per_tag_csv"]).read_text().splitlines()
+    assert per_tag[0].startswith("class,threshold,support,tp,fp,fn,tn,")
+    assert len(per_tag) == 1 + len(PLANET.classes)
 
     # the made-up key was used (the server accepted it) but is stored nowhere
     places = [workdir, Path(PREFECT_HOME.value())]

@@ -51,3 +51,14 @@ def test_dogs_vs_cats_pipeline_beats_the_constant_half(tmp_path, prefect_api):
     assert len(rows) == 60 and list(rows[0]) == ["id", "label"]
     assert [r["id"] for r in rows] == [str(i) for i in range(1, 61)]
     assert all(0.0 <= float(r["label"]) <= 1.0 for r in rows)
+    # the error analysis: the most confident mistakes, the per-class table, the confusion matrix
+    mistakes = Path(summary["top_losses_png"])
+    assert mistakes.name == "confident_mistakes.png" and mistakes.read_bytes()[:4] == b"\x89PNG"
+    assert (mistakes.parent / "confusion.png").is_file()
+    with Path(summary["per_tag_csv"]).open() as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["class"] for r in per_class] == ["cat", "dog"]
+    cat, dog = per_class
+    assert int(dog["tp"]) == int(cat["tn"]) and int(dog["fn"]) == int(cat["fp"])
+    counts = sum(int(dog[k]) for k in ("tp", "fp", "fn", "tn"))
+    assert counts == summary["predicted"]["valid"]

@@ -3,6 +3,8 @@ the stack, thresholds fitted on the out-of-fold rows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -245,6 +247,8 @@ def test_a_k_fold_demo_ends_in_the_ensembles_score_and_a_killed_member_resumes_a
     assert done["oof_metric_default"] is not None and done["oof_metric_tuned"] is not None
     ensemble_run = ensemble_name(members([KFOLD], None, 2))
     assert done["submission"].endswith(f"{ensemble_run}.csv") and done["score"] is not None
+    analysis = json.loads((Path(done["top_losses_png"]).parent / "interpretation.json").read_text())
+    assert analysis["run"] == ensemble_run and analysis["images"] == 120  # out of fold
 
 
 def test_the_train_deployment_takes_a_member_of_the_ensemble():

@@ -74,6 +74,14 @@ def test_the_pipeline_ends_with_a_graded_score_better_than_a_constant(demo_run):
     epochs = summary["train"]["epochs"]
     assert [(e["stage"], e["epoch"]) for e in epochs] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert all(np.isfinite(e["f2"]) for e in epochs)
+    with Path(summary["per_tag_csv"]).open() as f:
+        per_tag = list(csv.DictReader(f))
+    assert [r["class"] for r in per_tag] == list(PLANET.classes)
+    n_valid = summary["predicted"]["valid"]
+    assert all(sum(int(r[k]) for k in ("tp", "fp", "fn", "tn")) == n_valid for r in per_tag)
+    top = Path(summary["top_losses_png"])
+    assert top.name == "top_losses.png" and top.read_bytes()[:4] == b"\x89PNG"
+    assert (top.parent / "results.png").is_file() and (top.parent / "interpretation.json").is_file()
 
 
 def test_the_results_api_reads_the_demos_outputs(demo_run):
@@ -125,7 +133,8 @@ def test_a_second_run_is_cached_and_does_not_submit_again(demo_run):
     assert len(stored) == 1  # the local server saw one submission over both runs
 
     states = _task_states_since(since)
-    for name in ("train stage", "predict", "fit thresholds", "write submission", "resize"):
+    cached = ("train stage", "predict", "fit thresholds", "interpret", "write submission", "resize")
+    for name in cached:
         assert states.get(name) and set(states[name]) == {"Cached"}, (name, states)
 
 
@@ -155,6 +164,7 @@ def _task_name(run_name: str) -> str:
         ("predict ", "predict"),
         ("resize ", "resize"),
         ("fit thresholds", "fit thresholds"),
+        ("interpret", "interpret"),
         ("validation split", "validation split"),
         ("write submission", "write submission"),
     ):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from planet import resize
-from planet.competitions import PLANET
+from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.fileio import write_json_atomic
 from planet.store import shards
 from planet.store.split import random_split, write_split
@@ -38,16 +38,22 @@ def toy_images(n: int, size: int, seed: int = 0) -> tuple[list[str], np.ndarray,
 
 
 def write_sized(
-    folder: Path, names: list[str], pixels: np.ndarray, labels: np.ndarray | None
+    folder: Path,
+    names: list[str],
+    pixels: np.ndarray,
+    labels: np.ndarray | None,
+    classes: tuple[str, ...] = PLANET.classes,
 ) -> Path:
-    """A sized shard folder like planet.resize writes (one shard, multi-hot labels, or none
-    for a test split)."""
+    """A sized shard folder like planet.resize writes (one shard; (n, C) multi-hot labels,
+    (n,) class indices, or none for a test split)."""
     folder.mkdir(parents=True, exist_ok=True)
     n, size = len(names), pixels.shape[1]
     flat = pa.py_buffer(np.ascontiguousarray(pixels).tobytes())
     pix = pa.Array.from_buffers(pa.binary(size * size * 3), n, [None, flat])
     if labels is None:
         lab = pa.nulls(n)
+    elif labels.ndim == 1:
+        lab = pa.array(labels.astype(np.int16), pa.int16())
     else:
         values = pa.array(labels.astype(np.uint8).ravel(), pa.uint8())
         lab = pa.FixedSizeListArray.from_arrays(values, labels.shape[1])
@@ -61,8 +67,10 @@ def write_sized(
             "format_version": resize.FORMAT_VERSION,
             "size": size,
             "count": n,
-            "classes": list(PLANET.classes),
-            "label_kind": None if labels is None else "multi_hot",
+            "classes": list(classes),
+            "label_kind": None
+            if labels is None
+            else ("class_index" if labels.ndim == 1 else "multi_hot"),
             "shards": [{"name": name, "rows": n, "bytes": (folder / name).stat().st_size}],
         },
     )
@@ -99,3 +107,23 @@ def make_toy_planet(
                 None,
             )
     return dirs
+
+
+def make_toy_dogs(data_dir: Path, n: int = 40, size: int = 32, seed: int = 0) -> Workspace:
+    """Sized Dogs vs Cats train shards (class indices: 0 cat, 1 dog; dogs are redder) and the
+    split, nothing else."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.5).astype(np.int64)
+    img = rng.integers(0, 70, size=(n, size, size, 3)).astype(np.int32)
+    img[labels == 1, :, :, 0] += 150
+    names = [f"{DOGS_VS_CATS.classes[c]}.{i}.jpg" for i, c in enumerate(labels)]
+    ws = Workspace.of(data_dir, DOGS_VS_CATS.slug)
+    write_sized(
+        ws.sized(size, "train").folder,
+        names,
+        np.clip(img, 0, 255).astype(np.uint8),
+        labels,
+        DOGS_VS_CATS.classes,
+    )
+    write_split(ws.root / "shards" / "split.parquet", random_split(names, 0.25, seed=42))
+    return ws

@@ -15,12 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from planet.competitions import Competition
 from planet.fileio import write_json_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Decision(ABC):
@@ -226,3 +229,22 @@ DECISIONS: dict[str, type[Decision]] = {
 def decision_for(competition: Competition) -> Decision:
     """The competition's decision (by its task type)."""
     return DECISIONS[competition.task](competition)
+
+
+def report_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """thresholds.json as a DataFrame: per class (index) its support, threshold, F2 at 0.2 and
+    fitted (multi-label); per candidate clip (index) its validation log loss and whether it was
+    chosen (single-label)."""
+    import pandas as pd
+
+    if report.get("kind") == "clip":
+        losses = {float(c): v for c, v in report["candidates"].items()}
+        frame = pd.DataFrame({"log_loss": losses}).rename_axis("clip")
+        return frame.assign(chosen=frame.index == float(report["clip"]))
+    rows = {
+        "support": report["support"],
+        "threshold": report["per_class"]["thresholds"],
+        "f2_at_0.2": report["per_class_f2_fixed"],
+        "f2_fitted": report["per_class_f2"],
+    }
+    return pd.DataFrame(rows).loc[report["classes"]].rename_axis("class")

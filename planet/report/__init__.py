@@ -1,1 +1,1 @@
-"""Pictures for people: plots and a batch of images."""
+"""Pictures for people: plots, a batch of images, and the error analysis of predictions."""

@@ -1,4 +1,5 @@
-"""Training plots as PNG bytes: LR finder, losses, metrics per epoch, per-class bars.
+"""Training plots as PNG bytes: LR finder, losses, metrics per epoch, per-class bars, a
+confusion matrix.
 
 Design: matplotlib's object API only (`Figure` + `FigureCanvasAgg`), never `pyplot`: no global
 figure registry, no backend selection and no rcParams changes, so the functions are safe to call
@@ -40,6 +41,7 @@ from planet.report.show import png_data_uri
 
 __all__ = [
     "class_bars_png",
+    "confusion_png",
     "losses_png",
     "lr_finder_png",
     "metric_png",
@@ -296,4 +298,35 @@ def class_bars_png(names: Sequence[str], values: Sequence[float], title: str, xl
     ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def confusion_png(matrix: Any, classes: Sequence[str], title: str = "Confusion matrix") -> bytes:
+    """fast.ai's `plot_confusion_matrix`: counts with the true class down the rows and the
+    predicted one across, each cell shaded by its count and labelled with it."""
+    counts = np.asarray(matrix)
+    k = len(classes)
+    if counts.shape != (k, k) or k == 0:
+        raise ValueError(
+            f"a confusion matrix of {k} classes must be ({k}, {k}), not {counts.shape}"
+        )
+    fig, ax = _figure((max(3.5, 1.0 + 0.6 * k), max(3.0, 0.8 + 0.6 * k)))
+    ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1, int(counts.max())))
+    pos = np.arange(k)
+    ax.set_xticks(pos, [str(c) for c in classes], rotation=90 if k > 4 else 0)
+    ax.set_yticks(pos, [str(c) for c in classes])
+    half = counts.max() / 2 if counts.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                f"{int(counts[i, j])}",
+                ha="center",
+                va="center",
+                color="white" if counts[i, j] > half else "black",
+            )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
     return _png(fig)

@@ -81,13 +81,16 @@ def captions(labels: Any, classes: Sequence[str], n: int) -> list[str]:
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> list[str]:
-    """Greedy word wrap of `text` to lines at most `width` pixels wide."""
+    """Greedy word wrap of `text` to lines at most `width` pixels wide (each line of `text`
+    wrapped on its own)."""
     lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
+    for paragraph in text.split("\n"):
+        start = len(lines)
+        for word in paragraph.split():
+            if len(lines) > start and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+                lines[-1] = f"{lines[-1]} {word}"
+            else:
+                lines.append(word)
     return lines
 
 
@@ -102,24 +105,35 @@ def render_batch(
     tile: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    texts: Sequence[str] | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
 ) -> Image.Image:
     """The grid as a Pillow RGB image: `ncols` tiles per row (fewer when there are fewer
     images), each image with its caption under it, an optional title on top. Tiles are `tile`
     pixels wide (default: the image size, enlarged to at least `MIN_TILE`); `max_images`
     shows the first ones only. A loader `Batch` may be passed as `images` (its targets are
-    the labels unless `labels` is given)."""
+    the labels unless `labels` is given). `texts`, one per image, are the captions instead of
+    the labels' (a newline starts a line); `colors` are the captions' RGB colours."""
     if hasattr(images, "images") and hasattr(images, "targets"):
         labels = images.targets if labels is None else labels
         images = images.images
     pix = to_pixels(images, mean, std)
     labels_arr = None if labels is None else _numpy(labels)
+    n_given = len(pix)
     if max_images is not None:
         pix = pix[:max_images]
         labels_arr = None if labels_arr is None else labels_arr[:max_images]
     n, h, w, _ = pix.shape
     if n == 0:
         raise ValueError("no images to show")
-    texts = captions(labels_arr, classes, n)
+    if texts is None:
+        texts = captions(labels_arr, classes, n)
+    elif len(texts) != n_given:
+        raise ValueError(f"{len(texts)} captions for {n_given} images")
+    else:
+        texts = list(texts)[:n]
+    if colors is not None and len(colors) < n:
+        raise ValueError(f"{len(colors)} caption colours for {n} images")
     if tile is None:
         zoom = max(1, math.ceil(MIN_TILE / max(h, w)))
         tw, th = w * zoom, h * zoom
@@ -153,7 +167,8 @@ def render_batch(
             im = im.resize((tw, th), resample)
         canvas.paste(im, (x, y))
         for j, line in enumerate(wrapped[i]):
-            draw.text((x, y + th + j * line_h), line, fill=TEXT, font=font)
+            fill = TEXT if colors is None else tuple(colors[i])
+            draw.text((x, y + th + j * line_h), line, fill=fill, font=font)
     return canvas
 
 

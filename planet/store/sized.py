@@ -24,7 +24,8 @@ the manifest. What callers see:
 - `read_sized` / `read_sized_shard` / `iter_sized` -> `SizedImages` (names, labels, pixels) with
   the labels as stored: uint8 multi-hot, the stored class-index dtype (int16); `read_sized`
   always makes one copy of the pixels into one array.
-- `read_labels` (names and labels, no pixels) and `read_sized_names` (names only).
+- `read_labels` (names and labels, no pixels), `read_sized_names` (names only) and
+  `read_sized_pixels` (the pixels of a few named images, reading only their shards).
 """
 
 from __future__ import annotations
@@ -369,3 +370,35 @@ def read_sized_names(
     for rec in manifest["shards"]:
         names += _open_shard(folder / rec["name"], columns=["image_name"]).column(0).to_pylist()
     return names
+
+
+def read_sized_pixels(folder: str | os.PathLike[str], names: Sequence[str]) -> np.ndarray:
+    """The pixels `(len(names), size, size, 3)` of the named images of a complete sized folder,
+    in the given order, reading the pixels of only the shards that hold one of them (for
+    pictures of a few images); KeyError naming the images the folder does not hold."""
+    folder = Path(folder)
+    manifest = read_sized_manifest(folder)
+    size = int(manifest["size"])
+    out = np.empty((len(names), size, size, CHANNELS), dtype=np.uint8)
+    wanted: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        wanted.setdefault(name, []).append(i)
+    for rec in manifest["shards"]:
+        if not wanted:
+            break
+        path = folder / rec["name"]
+        shard_names = _open_shard(path, columns=["image_name"]).column(0).to_pylist()
+        rows = [(r, wanted.pop(n)) for r, n in enumerate(shard_names) if n in wanted]
+        if not rows:
+            continue
+        start = 0
+        for chunk in _pixel_rows(_open_shard(path, size)):  # memory-mapped: pages in the rows read
+            for r, positions in rows:
+                if start <= r < start + len(chunk):
+                    out[positions] = chunk[r - start].reshape(size, size, CHANNELS)
+            start += len(chunk)
+    if wanted:
+        missing = sorted(wanted)
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise KeyError(f"{folder} holds no image(s) {missing[:5]}{more}")
+    return out
