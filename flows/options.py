@@ -137,7 +137,7 @@ class ComputeOptions(Options):
     @classmethod
     def _valid_device(cls, value: str) -> str:
         if value != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", value):
-            raise ValueError(f"device {value!r}: use auto, cpu, cuda or cuda:<n>")
+            raise ValueError(f"device {value!r}: use auto, cpu, cuda, cuda:<n> or mps")
         return value
 
 
