@@ -20,7 +20,9 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -283,12 +285,31 @@ def console(command: str, verbose: bool) -> Iterator[None]:
             handler.addFilter(one)
     bars = live_bars() if sys.stderr.isatty() and not verbose else contextlib.nullcontext()
     try:
-        with bars:
+        with bars, _ctrl_c_noted():
             yield
     finally:
         for handler in handlers:
             for one in filters:
                 handler.removeFilter(one)
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as ever, and tells the console filter first."""
+    from flows.user_errors import QuietExpectedErrors
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        QuietExpectedErrors.interrupted = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

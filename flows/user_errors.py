@@ -48,12 +48,16 @@ def _class_names() -> set[str]:
 class QuietExpectedErrors(logging.Filter):
     """Drop the console records that report an expected error: those carrying one as exc_info
     ("Encountered exception during execution" + traceback) and the "Finished in state
-    Failed(... encountered an exception <ExpectedError>: ...)" lines (see the module doc)."""
+    Failed(... encountered an exception <ExpectedError>: ...)" lines (see the module doc).
+    After a Ctrl-C (`interrupted`), every error's: what fails then is the fallout (a Dask
+    client closed under a task, ...), and the command's "interrupted" line says what happened."""
+
+    interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            return not is_expected(record.exc_info[1])
+            return not (self.interrupted or is_expected(record.exc_info[1]))
         if record.levelno < logging.INFO or not record.name.startswith("prefect"):
             return True
         match = _FAILED_WITH.search(record.getMessage())
-        return not (match and match.group(1) in _class_names())
+        return not (match and (self.interrupted or match.group(1) in _class_names()))

@@ -178,3 +178,18 @@ def test_the_console_drops_prefects_reports_of_expected_errors_only():
         _record("prefect.flow_runs", logging.ERROR, "Crash detected! Execution was aborted"),
     ]
     assert all(quiet.filter(r) for r in kept)
+
+
+def test_after_ctrl_c_the_console_drops_every_errors_traceback(monkeypatch):
+    fallout = _record("prefect.task_runs", logging.ERROR, "Task run failed", RuntimeError("closed"))
+    failed = _record(
+        "prefect.task_runs",
+        logging.ERROR,
+        "Finished in state Failed('Task run encountered an exception ClosedClientError: ...')",
+    )
+    crashed = _record("prefect.flow_runs", logging.ERROR, "Crash detected! Execution was aborted")
+    assert QuietExpectedErrors().filter(fallout) and QuietExpectedErrors().filter(failed)
+    monkeypatch.setattr(QuietExpectedErrors, "interrupted", True)
+    quiet = QuietExpectedErrors()
+    assert not quiet.filter(fallout) and not quiet.filter(failed)
+    assert quiet.filter(crashed)
