@@ -127,6 +127,71 @@ def test_ctrl_c_mid_training_without_a_server_exits_130_and_marks_the_runs(tmp_p
     assert ports and not _listening(int(ports[-1]))
 
 
+def _processes_in(folder: Path) -> list[int]:
+    """The processes whose working directory is `folder` (a run's Dask workers inherit it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return [pid for pid in found if _alive(pid)]
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_resize_without_a_server_exits_130_and_leaves_no_worker(tmp_path):
+    from planet import synthetic
+    from planet.kaggle_local import LocalKaggleServer
+
+    kaggle_root = tmp_path / "kaggle"
+    synthetic.generate("planet", kaggle_root, train=40, test=8, additional=3, seed=3)
+    key = "interrupt-key-" + "7" * 16
+    work_log = tmp_path / "work.log"
+    point = "resize-32-train-part-00001"  # the second of three train shards
+    env = _env(
+        KAGGLE_USERNAME="tester",
+        KAGGLE_KEY=key,
+        **hook_env(PLANET_FAULT=f"{point}=pause", PLANET_WORK_LOG=str(work_log)),
+    )
+    cwd = tmp_path / "run"
+    cwd.mkdir()
+    log = tmp_path / "run.log"
+    with LocalKaggleServer(kaggle_root, credentials={"tester": key}) as kaggle:
+        args = ["run", "--data-dir", str(tmp_path / "data"), "--kaggle-endpoint", kaggle.url]
+        args += ["--stages", "prepare", "resize", "--recipe", "cpu-demo", "--sizes", "32"]
+        proc = _planet([*args, "--shard-size", "16"], cwd, env, log)
+        try:
+            _wait_for(
+                lambda: any("resize 32/train/part-00001" in x for x in read_work_log(work_log)),
+                proc,
+                log,
+                "the second train shard",
+            )
+            os.killpg(proc.pid, signal.SIGINT)
+            started = time.monotonic()
+            code = proc.wait(timeout=EXIT_WAIT_S)
+            print(f"exited {time.monotonic() - started:.1f} s after SIGINT")
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    out = log.read_text()
+    assert code == 130, out[-3000:]
+    assert "interrupted: finished stages and checkpoints are kept under" in out
+    assert "Traceback" not in out, out[-3000:]
+    sized = tmp_path / "data" / "planet-understanding-the-amazon-from-space" / "shards" / "32"
+    assert (sized / "train" / "part-00001.parquet").is_file()  # finished shards are kept
+    db = sqlite3.connect(cwd / ".prefect" / "prefect.db")
+    states = dict(db.execute("select name, state_type from flow_run").fetchall())
+    assert not set(states.values()) - {"COMPLETED", "CRASHED"}, states  # none left Running
+    assert states["pipeline planet-understanding-the-amazon-from-space cpu-demo"] == "CRASHED"
+    deadline = time.monotonic() + 30
+    while _processes_in(cwd) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the nannies' kill of a worker paused in its task takes a few seconds
+    assert not _processes_in(cwd), "a Dask worker or the Prefect server outlived the run"
+
+
 @pytest.mark.slow
 def test_planet_server_stops_its_server_on_sigterm_and_ctrl_c(tmp_path):
     port = free_port()
