@@ -160,7 +160,6 @@ def demo(
     from flows.demo import epoch_table, run_demo
     from planet.learn.recipe import load_recipe
 
-    loaded = load_recipe(recipe) if recipe else None
     summary = run_demo(
         competition=_slug(competition),
         workdir=Path(workdir),
@@ -169,7 +168,7 @@ def demo(
         test=test,
         additional=additional,
         seed=seed,
-        recipe=loaded,
+        recipe=load_recipe(recipe) if recipe else None,
         stages=list(stages),
         folds=folds,
         combine=combine,

@@ -111,11 +111,16 @@ def start_temporary_server() -> Any:
 def ensure_api() -> None:
     """Before a command runs flows: check `PREFECT_API_URL`'s server, or start the temporary
     one (see the module doc)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+    from prefect.settings import (
+        PREFECT_API_AUTH_STRING,
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+    )
 
     url = PREFECT_API_URL.value()
     if url:
         auth = PREFECT_API_AUTH_STRING.value()
         check_api(url, auth.get_secret_value() if hasattr(auth, "get_secret_value") else auth)
-    else:
+    elif PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         start_temporary_server()
+    # else: Prefect's own "No Prefect API URL provided" on the first call

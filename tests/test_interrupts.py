@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -249,3 +250,34 @@ def test_planet_kaggle_local_frees_its_port_when_stopped(tmp_path, stop):
             os.killpg(proc.pid, signal.SIGKILL)
     assert "stopping the local Kaggle server" in log.read_text()
     assert not _listening(port)
+
+
+def _child(code: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+
+
+READY = "import signal, sys, time\n{handler}\nprint('ready', flush=True)\ntime.sleep(60)\n"
+
+
+@pytest.mark.parametrize(
+    ("handler", "child_code"),
+    [
+        ("signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))", 7),  # stops when told
+        ("signal.signal(signal.SIGTERM, signal.SIG_IGN)", -signal.SIGKILL),  # killed after grace
+    ],
+)
+def test_a_signal_is_passed_on_to_the_child_and_waited_for(handler, child_code):
+    from flows.processes import wait_forwarding_signals
+
+    child = _child(READY.format(handler=handler))
+    assert child.stdout.readline().strip() == "ready"
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        assert wait_forwarding_signals(child, grace_s=1.0) == 128 + signal.SIGTERM
+    finally:
+        timer.cancel()
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == child_code
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

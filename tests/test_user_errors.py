@@ -193,3 +193,30 @@ def test_after_ctrl_c_the_console_drops_every_errors_traceback(monkeypatch):
     quiet = QuietExpectedErrors()
     assert not quiet.filter(fallout) and not quiet.filter(failed)
     assert quiet.filter(crashed)
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(401, r"refused this client \(401\): set PREFECT_API_AUTH_STRING"), (404, "HTTP 404")],
+)
+def test_a_prefect_api_that_answers_but_not_as_one_is_one_line(status, message):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flows.local_api import PrefectApiUnreachable, check_api
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Answer) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/api"
+        with pytest.raises(PrefectApiUnreachable, match=message) as error:
+            check_api(url)
+        httpd.shutdown()
+    assert "\n" not in str(error.value) and url in str(error.value)
