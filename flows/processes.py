@@ -26,14 +26,27 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 GRACE_S = 10.0
 
 
+def _find_prctl() -> Any:
+    """libc's prctl, looked up here in the parent: between fork and exec the child must not
+    load libraries (another thread of the parent may have held the loader's lock)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _find_prctl()
+
+
 def own_session() -> None:
     """Popen preexec_fn: a session of its own, SIGTERM on the parent's death (Linux)."""
     os.setsid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
 
 def wait_forwarding_signals(child: subprocess.Popen[Any], grace_s: float = GRACE_S) -> int:

@@ -281,3 +281,31 @@ def test_a_signal_is_passed_on_to_the_child_and_waited_for(handler, child_code):
             child.kill()
     assert child.returncode == child_code
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_child_in_its_own_session_dies_with_its_killed_parent():
+    """What keeps a SIGKILLed `planet` from leaving its Prefect server holding a port."""
+    starts_child = (
+        "import subprocess, sys, time\n"
+        "from flows.processes import own_session\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " preexec_fn=own_session)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", starts_child], stdout=subprocess.PIPE, text=True, env=_env()
+    )
+    child = int(parent.stdout.readline())
+    try:
+        assert os.getpgid(child) != os.getpgid(parent.pid)  # out of reach of the group's Ctrl-C
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child)
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
