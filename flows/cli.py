@@ -16,11 +16,16 @@ every one). Prefect and the kaggle client are imported only by the commands that
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -107,16 +112,18 @@ def kaggle_local(
     """Serve ROOT/<slug>/ folders to the real kaggle client until stopped. Accepts the
     credentials in KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json; point the client at the printed
     URL."""
+    from flows.processes import sigterm_as_interrupt
     from planet.kaggle_local import serve_forever
 
     try:
-        serve_forever(
-            Path(root),
-            host=host,
-            port=port,
-            daily_submission_limit=daily_limit,
-            out=lambda line: print(line, flush=True),
-        )
+        with sigterm_as_interrupt():  # SIGTERM stops it as Ctrl-C does: the port is freed
+            serve_forever(
+                Path(root),
+                host=host,
+                port=port,
+                daily_submission_limit=daily_limit,
+                out=lambda line: print(line, flush=True),
+            )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -187,8 +194,10 @@ def run(
 ) -> int:
     """Run the pipeline's stages for a competition (against Kaggle, or --kaggle-endpoint).
     Credentials come from KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
+    from flows.local_api import ensure_api
     from flows.pipeline import pipeline
 
+    ensure_api()  # the Prefect API: checked, or the temporary one started (flows/local_api.py)
     summary = pipeline(PipelineConfig.model_validate(config.model_dump()))
     for line in how_to_open(summary.get("flow_run_id") or ""):
         print(line)
@@ -326,20 +335,41 @@ def console(command: str, verbose: bool) -> Iterator[None]:
         return
     import prefect.main  # noqa: F401  (sets up Prefect's console handler)
 
+    from flows.user_errors import QuietExpectedErrors
     from tasks.progress import live_bars
 
     handlers = logging.getLogger().handlers
-    quiet = OwnLines()
-    if not verbose:
-        for handler in handlers:
-            handler.addFilter(quiet)
+    filters: list[logging.Filter] = [] if verbose else [OwnLines(), QuietExpectedErrors()]
+    for handler in handlers:
+        for one in filters:
+            handler.addFilter(one)
     bars = live_bars() if sys.stderr.isatty() and not verbose else contextlib.nullcontext()
     try:
-        with bars:
+        with bars, _ctrl_c_noted():
             yield
     finally:
         for handler in handlers:
-            handler.removeFilter(quiet)
+            for one in filters:
+                handler.removeFilter(one)
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Ctrl-C raises KeyboardInterrupt as ever, and tells the console filter first."""
+    from flows.user_errors import QuietExpectedErrors
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        QuietExpectedErrors.interrupted = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -392,7 +422,18 @@ def _command_name(tokens: list[str]) -> str:
     return next((t for t in tokens if t in app), "")
 
 
+def _no_final_collection() -> None:
+    """At exit, Python's last garbage collection walks every object torch, Prefect and Dask
+    made: 7-10 s on a busy 2-core machine after the run's last line, a Ctrl-C's too.
+    `gc.freeze()` as the last exit function leaves them to the process's end (their memory
+    goes with it); exit functions, flushes and refcounted cleanup still run (bench/README.md)."""
+    if not getattr(_no_final_collection, "registered", False):
+        atexit.register(gc.freeze)  # registered first: runs after every other exit function
+        _no_final_collection.registered = True  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
+    _no_final_collection()
     tokens = list(sys.argv[1:] if argv is None else argv)
     name = _command_name(tokens)
     prog = f"planet {name}".strip()
@@ -411,22 +452,44 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(0)
     verbose = bool(bound.arguments.get("verbose", False))
     prefect_defaults(verbose)
-    from planet.extract.members import ArchiveError
-    from planet.kaggle import KaggleError
+    from flows.user_errors import EXIT_RUNTIME, EXIT_USAGE, is_expected
 
     try:
+        if name == "run":  # device, Dask scheduler, Kaggle credentials: before anything starts
+            from flows.preflight import check_run
+
+            check_run(bound.arguments.get("config", RunConfig()))
         with cli_flow_settings(name), console(name, verbose):
             return int(command(*bound.args, **bound.kwargs) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # The temporary server runs in its own session (flows/local_api.py): it outlived the
+        # Ctrl-C, so Prefect has marked the runs Crashed by now.
+        print(f"interrupted{_resume_hint(name, bound.arguments)}", file=sys.stderr)
         return 130
-    except UsageError as exc:
+    except Exception as exc:
+        if not is_expected(exc):
+            raise  # a bug: its traceback
+        # Errors that name the file/setting and what to do: one line (and, with --verbose,
+        # the traceback before it).
+        if verbose:
+            traceback.print_exc()
         print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (KaggleError, ArchiveError, ValueError, OSError) as exc:
-        # Errors that name the file/setting and what to do: one line, no traceback.
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return 1
+        if isinstance(exc, UsageError):
+            raise SystemExit(EXIT_USAGE) from None
+        return EXIT_RUNTIME
+
+
+def _resume_hint(command: str, arguments: Mapping[str, Any]) -> str:
+    """What an interrupted `planet run`/`planet demo` keeps, and how to go on."""
+    if command == "run":
+        kept = arguments.get("config", RunConfig()).workspace.root
+    elif command == "demo":
+        kept = Path(arguments.get("workdir", "demo")).expanduser().resolve() / "data"
+    else:
+        return ""
+    return (
+        f": finished stages and checkpoints are kept under {kept}; rerun the same command to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -82,12 +82,14 @@ def run_demo(
     the local server, whose grader scores the hidden labels); return its summary. `folds`:
     an ensemble of that many k-fold members of the recipe (combined by `combine`)."""
     from flows.config import PIPELINE_STAGES, PipelineConfig
+    from flows.local_api import ensure_api
     from flows.options import ComputeOptions, EnsembleOptions, SubmitOptions
     from flows.pipeline import pipeline
     from planet.kaggle_local import LocalKaggleServer
 
     t0 = time.perf_counter()
     slug = resolve(competition).slug
+    ensemble = EnsembleOptions(folds=folds, combine=combine)  # refused before anything starts
     workdir = workdir.expanduser().resolve()
     if kaggle_root is None:
         kaggle_root = workdir / "kaggle"
@@ -99,6 +101,7 @@ def run_demo(
             f"--kaggle-root {kaggle_root} has no folder {slug}/: lay it out as "
             f"<root>/<competition-slug>/<Kaggle files> (see `planet synth --help`)"
         )
+    ensure_api()  # the Prefect API: checked, or the temporary one started (flows/local_api.py)
     with demo_credentials() as creds, LocalKaggleServer(kaggle_root, credentials=creds) as server:
         print(f"local Kaggle server at {server.url} serving {kaggle_root}", flush=True)
         config = PipelineConfig(
@@ -107,7 +110,7 @@ def run_demo(
             kaggle_endpoint=server.url,
             recipe=recipe or named_recipe(resolve(slug).demo_recipe),
             compute=ComputeOptions(device="cpu"),
-            ensemble=EnsembleOptions(folds=folds, combine=combine),
+            ensemble=ensemble,
             submit=SubmitOptions(submit=True, score_timeout_s=120),
             stages=list(stages or PIPELINE_STAGES),
         )

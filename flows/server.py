@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from flows.processes import own_session, wait_forwarding_signals
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
 
@@ -80,10 +82,10 @@ def run_server(home: Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -
     print(f"in other shells: export PREFECT_API_URL={url}", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {host}: reachable from other machines", flush=True)
-    try:
-        return subprocess.run(server_command(host, port), env=env, check=False).returncode
-    except KeyboardInterrupt:
-        return 130
+    # Its own session: Ctrl-C and SIGTERM reach this process, which passes them on once and
+    # waits (a SIGTERM that ended only this process left the server holding the port).
+    child = subprocess.Popen(server_command(host, port), env=env, preexec_fn=own_session)  # noqa: PLW1509
+    return wait_forwarding_signals(child)
 
 
 def flow_run_url(flow_run_id: str) -> str | None:

@@ -8,6 +8,8 @@ Loaded by the library when `PLANET_HOOKS` names this file (`HOOKS_ENV`, see `hoo
                                                SIGKILL this process's whole process group (the
                                                run and its Dask workers, when the run was
                                                started as a session of its own)
+    PLANET_FAULT="train-epoch-1=pause"         sleep there (10 min): a test signals the run at a
+                                               known point (the work log says it got there)
     PLANET_FAULT_ONCE=/tmp/fired               fire only if this file does not exist (and create it)
     PLANET_WORK_LOG=/tmp/work.log              append one line per unit of work done
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ ENV = "PLANET_FAULT"
 ONCE_ENV = "PLANET_FAULT_ONCE"
 WORK_LOG_ENV = "PLANET_WORK_LOG"
 FAULT_ENVS = (ENV, ONCE_ENV, WORK_LOG_ENV, HOOKS_ENV)
+PAUSE_S = 600.0
 PATH = str(Path(__file__).resolve())
 
 
@@ -82,6 +86,9 @@ def fault_point(name: str, model: str | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "killgroup":
         os.killpg(os.getpgrp(), signal.SIGKILL)
+    if action == "pause":
+        time.sleep(PAUSE_S)
+        return
     raise FaultInjected(f"fault injected at {name} ({ENV}={os.environ.get(ENV)})")
 
 

@@ -14,6 +14,8 @@ import contextlib
 import importlib.util
 import logging
 import os
+import signal
+import threading
 import urllib.parse
 import urllib.request
 import warnings
@@ -101,6 +103,7 @@ def dask_client(
     saved_env = {k: os.environ.get(k) for k in THREAD_ENV}
     with (
         _restored_env(saved_env),
+        _workers_ignore_ctrl_c(),
         warnings.catch_warnings(),  # "Port 8787 is already in use ... on port N instead"
     ):
         warnings.filterwarnings("ignore", message=".*already in use", category=UserWarning)
@@ -121,6 +124,23 @@ def dask_client(
             client.close()
     finally:
         cluster.close()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Worker processes started in the block ignore SIGINT (an ignored signal stays ignored in
+    a child, and Python then installs no KeyboardInterrupt handler): a terminal's Ctrl-C
+    reaches the whole process group, and workers dying of it on their own meant tracebacks from
+    each and a nanny waiting 4 s to kill them. The interrupted process closes the cluster,
+    which stops them. Only from the main thread (signals can be set nowhere else)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dashboard_link(client: distributed.Client, timeout: float = 5.0) -> str | None:
