@@ -178,6 +178,8 @@ def test_mapped_pixels_array_api():
         mp.take([0], axis=1)
     with pytest.raises(ValueError, match="out"):
         mp.take([0, 1], out=np.zeros((1, 2, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="contiguous"):
+        mp.take([0, 1], out=np.zeros((2, 2, 4, 3), np.uint8)[:, :, :2])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,8 +120,8 @@ class MappedPixels:
         shape = (*np.shape(indices), *self.shape[1:])
         if out is None:
             out = np.empty(shape, dtype=np.uint8)
-        elif out.shape != shape or out.dtype != np.uint8:
-            raise ValueError(f"out is {out.dtype} {out.shape}, expected uint8 {shape}")
+        elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out is {out.dtype} {out.shape}, expected C-contiguous uint8 {shape}")
         flat = out.reshape(len(idx), *self.shape[1:])  # a view: `out` is written
         if len(self.pieces) == 1:
             np.take(self.pieces[0], idx, axis=0, out=flat)
