@@ -301,3 +301,16 @@ def test_an_epoch_over_a_multi_shard_folder_does_not_copy_it(tmp_path):
     assert mapped["growth"] < folder_bytes / 2, (mapped, folder_bytes)
     copied = peak_growth(folder, "copy")
     assert copied["growth"] > 0.9 * folder_bytes, (copied, folder_bytes)
+
+
+def test_the_batch_picture_from_the_maps_equals_the_full_copy(tmp_path):
+    from planet.report.show import show_random_batch
+
+    write_resized_folder(tmp_path / "s", n_shards=3, rows=20, size=16)
+    data = read_images(tmp_path / "s")
+    pictures = []
+    for images, name in ((data.images, "mapped.png"), (np.asarray(data.images), "copy.png")):
+        path, shown = show_random_batch(images, data.labels, PLANET.classes, tmp_path / name)
+        assert shown == 16
+        pictures.append(path.read_bytes())
+    assert pictures[0] == pictures[1]
