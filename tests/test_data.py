@@ -53,8 +53,11 @@ def write_sized(
     labels: np.ndarray | None,
     classes: tuple[str, ...] | None,
     shard_rows: int = 1000,
+    compression: str = "none",
 ) -> Path:
-    """A sized shard folder like `planet.resize` writes: parquet parts + manifest.json."""
+    """A sized shard folder like `planet.resize` writes: parquet parts + manifest.json
+    (uncompressed plain pages, so `read_images` maps them; pass a `compression` for shards it
+    must decode instead)."""
     n, size = len(names), pixels.shape[1]
     folder.mkdir(parents=True, exist_ok=True)
     kind = None
@@ -74,7 +77,9 @@ def write_sized(
             lab = pa.array(labels[start:stop].astype(np.int16), pa.int16())
         table = pa.table({"image_name": pa.array(names[start:stop]), "label": lab, "pixels": pix})
         name = shards.shard_name(part)
-        pq.write_table(table, folder / name)
+        pq.write_table(
+            table, folder / name, compression=compression, use_dictionary=compression != "none"
+        )
         records.append({"name": name, "rows": stop - start})
     manifest = {
         "format": resize.FORMAT,
@@ -157,13 +162,27 @@ def test_read_images_multi_shard_planet(tmp_path):
     assert data.size == 10 and len(data) == n
 
 
-def test_read_images_single_shard_is_a_view(tmp_path):
+@pytest.mark.parametrize("shard_rows", [5, 2])
+def test_read_images_views_the_files(tmp_path, shard_rows):
+    """One shard or several: the pixels are views of the shard files, not copies."""
     pixels = np.random.default_rng(1).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-    folder = write_sized(tmp_path / "s", [f"t{i}" for i in range(5)], pixels, None, None)
+    names = [f"t{i}" for i in range(5)]
+    folder = write_sized(tmp_path / "s", names, pixels, None, None, shard_rows=shard_rows)
     data = read_images(folder)
-    assert not data.images.flags.owndata  # a view of Arrow's buffer, no copy
+    assert data.images.mapped and len(data.images.pieces) == math.ceil(5 / shard_rows)
+    assert all(not p.flags.owndata and not p.flags.writeable for p in data.images.pieces)
     np.testing.assert_array_equal(data.images, pixels)
     assert data.labels is None and data.label_kind is None and data.classes == ()
+
+
+def test_read_images_decodes_compressed_shards(tmp_path):
+    pixels = np.random.default_rng(2).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    names = [f"t{i}" for i in range(7)]
+    folder = write_sized(tmp_path / "s", names, pixels, None, None, 3, compression="snappy")
+    data = read_images(folder)
+    assert not data.images.mapped
+    np.testing.assert_array_equal(data.images, pixels)
+    np.testing.assert_array_equal(read_sized(folder).pixels, pixels)
 
 
 def test_read_images_class_index(tmp_path):

@@ -59,7 +59,7 @@ def write_sized(
         lab = pa.FixedSizeListArray.from_arrays(values, labels.shape[1])
     table = pa.table({"image_name": pa.array(names), "label": lab, "pixels": pix})
     name = shards.shard_name(0)
-    pq.write_table(table, folder / name)
+    pq.write_table(table, folder / name, compression="none", use_dictionary=False)  # mappable
     write_json_atomic(
         folder / "manifest.json",
         {

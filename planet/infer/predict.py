@@ -32,6 +32,13 @@ device, channels_last and workers are not in it: they change the last bits of th
 most, not what is computed; on one device with one batch size a resumed run is bitwise equal
 to an uninterrupted one.
 
+Memory. The images are memory-mapped (`read_images`: each shard's pages viewed in its file), so
+prediction streams: a part's batches are gathered from the maps as they run, and what stays
+resident is the batches in flight, one part's probabilities and the page cache (which the OS
+may drop), not the split's pixels. The final `probs.parquet` concatenates every part's
+probabilities: n x classes float32, 2.8 MB for Planet's 40,669 + 20,522 test images x 17
+classes, so kept in memory.
+
 Already done. When `manifest.json` exists with the same config hash and `probs.parquet` has
 the recorded sha256, `predict_split` returns that manifest without reading the images or
 running the model (counts in the returned copy describe this call: `reused: True`,

@@ -1,7 +1,8 @@
 """Batches on the device: `Loader` over an `ImageData` (`planet.store.sized.read_images`).
 
 `Loader` plans each epoch's batches (a seeded shuffle per epoch, or the selection's order),
-gathers a batch with one `np.take` into a reused uint8 buffer (pinned on CUDA), moves it to the
+gathers a batch with one `np.take` into a reused uint8 buffer (pinned on CUDA; from
+`read_images`' memory maps of the shard files, so only the batch is copied), moves it to the
 device (`non_blocking` on CUDA; a plain copy on other devices such as `mps`) and turns it there
 into a normalised float32 NCHW batch, augmented for training (`planet.learn.augment`).
 `workers` threads do all of that ahead of the consumer, each keeping up to `prefetch` finished

@@ -211,6 +211,7 @@ def show_random_batch(
     """`show_batch` of `n` images drawn without replacement (seeded, in their order) from
     `images`/`labels` (all of a split); the path and how many it shows."""
     rng = np.random.default_rng(seed)
+    # `images[pick]` gathers only the shown images (`read_images` maps the shards: no copy)
     pick = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
     path = show_batch(
         images[pick],
