@@ -167,9 +167,11 @@ def demo(
         combine=combine,
     )
     print(epoch_table(summary))
-    for key in ("val_metric_default", "val_metric_tuned", "score"):
+    for key in ("val_metric_default", "val_metric_tuned", "val_metric_crossfit", "score"):
         if summary.get(key) is not None:
             print(f"{key}: {summary[key]:.4f}")
+    if summary.get("threshold_rule"):
+        print(f"threshold_rule: {summary['threshold_rule']} (the best on held-out halves)")
     print(f"submission: {summary.get('submission')}")
     for line in how_to_open(summary.get("flow_run_id") or ""):
         print(line)
