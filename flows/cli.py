@@ -101,10 +101,15 @@ def kaggle_local(
     host: Annotated[str, Parameter(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, Parameter(help="port (0: a free one)")] = 0,
     daily_limit: Annotated[int, Parameter(help="submissions per user per day")] = 5,
+    print_env: Annotated[
+        bool, Parameter(help="print the shell lines that point the real kaggle CLI here")
+    ] = False,
 ) -> int:
-    """Serve ROOT/<slug>/ folders to the real kaggle client until stopped. Accepts the
-    credentials in KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json; point the client at the printed
-    URL."""
+    """Serve ROOT/<slug>/ folders to the real kaggle client until stopped. Accepts your own
+    Kaggle credentials (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN or kaggle.json), or makes
+    up a username and key and prints them when there are none (it is offline). Point
+    `planet run --kaggle-endpoint` at the printed URL; --print-env prints the lines that make
+    the real `kaggle` CLI reach it on any port. Each _private/solution.csv is checked first."""
     from planet.kaggle_local import serve_forever
 
     try:
@@ -114,6 +119,7 @@ def kaggle_local(
             port=port,
             daily_submission_limit=daily_limit,
             out=lambda line: print(line, flush=True),
+            print_env=print_env,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -186,7 +192,10 @@ def run(
     verbose: Annotated[bool, Parameter(help="show the libraries' INFO lines too")] = False,
 ) -> int:
     """Run the pipeline's stages for a competition (against Kaggle, or --kaggle-endpoint).
-    Credentials come from KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
+    Credentials, the first found: KAGGLE_USERNAME + KAGGLE_KEY; KAGGLE_API_TOKEN (a token, or
+    the path of a token file); kaggle.json, then access_token, in KAGGLE_CONFIG_DIR, else
+    ~/.kaggle, else $XDG_CONFIG_HOME/kaggle. Submitting again after a scoring error:
+    --stages submit --submit --resubmit."""
     from flows.pipeline import pipeline
 
     summary = pipeline(PipelineConfig.model_validate(config.model_dump()))

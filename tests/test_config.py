@@ -65,6 +65,7 @@ SAMPLES: dict[str, tuple[object, list[str]]] = {
     "submit": (True, []),
     "score_timeout_s": (120.0, ["120"]),
     "poll_interval_s": (0.5, ["0.5"]),
+    "resubmit": (True, []),
 }
 
 
