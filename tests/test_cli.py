@@ -141,6 +141,9 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     assert 0.0 <= summary["score"] <= 1.0 and summary["submitted"] is True
     assert Path(summary["submission"]).is_file()
     assert any(line.startswith("val_metric_default: ") for line in out_lines)
+    assert summary["threshold_rule"] in ("fixed", "global", "per_class")
+    assert any(line.startswith("threshold_rule: ") for line in out_lines)
+    assert 0.0 <= summary["val_metric_crossfit"] <= 1.0
     assert summary["split"]["train"] + summary["split"]["valid"] == 24
     assert Path(summary["batch_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -236,3 +239,17 @@ def test_predicting_before_training_names_the_missing_model(prefect_api, tmp_pat
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "export.pt does not exist" in err and "train" in err and "cpu-demo" in err
+
+
+def test_the_epoch_table_explains_a_huge_first_valid_loss():
+    from flows.demo import BN_LAG_NOTE, epoch_table
+
+    def summary(first_valid_loss: float) -> dict:
+        epochs = [
+            {"stage": 1, "epoch": 1, "train_loss": 0.7, "valid_loss": first_valid_loss, "f2": 0.3},
+            {"stage": 1, "epoch": 2, "train_loss": 0.4, "valid_loss": 0.5, "f2": 0.6},
+        ]
+        return {"train": {"epochs": epochs, "epoch_metric": "f2"}}
+
+    assert BN_LAG_NOTE in epoch_table(summary(352_000.0))
+    assert "BatchNorm" not in epoch_table(summary(0.9))
