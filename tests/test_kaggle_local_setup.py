@@ -168,3 +168,14 @@ def test_print_env_uses_kagglesdk_own_names_on_its_two_ports():
     lines = client_env_lines("http://127.0.0.1:8123", ("u", "k"))
     assert lines[0] == "export KAGGLE_USERNAME=u KAGGLE_KEY=k"
     assert "http://127.0.0.1:8123" in lines[-1] and lines[-1].startswith("kaggle()")
+
+
+def test_kaggle_local_warns_about_a_solution_without_usage(tmp_path, isolated_kaggle_env):
+    root = dogs_root(tmp_path, "id,label\n1,1\n2,0\n3,1\n4,0\n5,1\n")
+    proc, lines = _serve(root, env=dict(os.environ))
+    try:
+        text = "\n".join(lines)
+        assert "Local Kaggle server at" in text
+        assert str(root / SLUG / "_private" / "solution.csv") in text and "no Usage" in text
+    finally:
+        _stop(proc)

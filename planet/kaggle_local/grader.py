@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 import zipfile
@@ -30,6 +31,8 @@ import numpy as np
 
 from planet.competitions import Competition, resolve
 from planet.learn.metrics import fbeta_samples, log_loss
+
+log = logging.getLogger(__name__)
 
 USAGES = ("Public", "Private")
 _MAX_EXAMPLES = 3
@@ -263,7 +266,8 @@ def check_solution(
     slug: str, solution: str | os.PathLike[str], sample: str | os.PathLike[str] | None = None
 ) -> list[str]:
     """Check a competition's hidden solution file before serving it; its warnings (a missing
-    Usage column: every row Public; a sample submission that cannot be read to compare ids).
+    Usage column: every row Public). A sample submission that cannot be read (the tests' random
+    bytes) is not compared with.
     Raises SolutionError naming the file: unreadable, wrong columns, bad Usage or values,
     duplicate ids, or ids other than the sample submission's (`sample`: CSV or zipped CSV)."""
     comp = resolve(slug)
@@ -293,7 +297,7 @@ def check_solution(
     try:
         wanted = _sample_ids(sample, id_col)
     except (OSError, ValueError, zipfile.BadZipFile, csv.Error, UnicodeDecodeError) as exc:
-        warnings.append(f"could not read {sample} to compare its ids with {solution}: {exc}")
+        log.info("not comparing %s with %s: cannot read it (%s)", solution, sample, exc)
         return warnings
     missing = [k for k in wanted if k not in truth]
     extra = [k for k in truth if k not in wanted]

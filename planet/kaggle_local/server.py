@@ -124,7 +124,7 @@ class LocalKaggleServer:
         self.host = host
         self._port = port
         self.warnings = check_solutions(self.root)  # before serving: a bad solution stops here
-        for warning in self.warnings:
+        for warning in self.warnings:  # on stderr at `planet kaggle-local` (logging's last resort)
             log.warning("%s", warning)
         self.faults = Faults()
         self.store = CompetitionStore(self.root, self.faults)
@@ -403,8 +403,6 @@ def serve_forever(
         out(f"Local Kaggle server at {server.url} serving {server.root}")
         out(f"  competitions: {', '.join(comps) or '(none)'}")
         out(f"  accepting credentials from {source}; stop with Ctrl-C")
-        for warning in server.warnings:
-            out(f"  warning: {warning}")
         if made_up and not print_env:
             out(f"  use them: KAGGLE_USERNAME={made_up[0]} KAGGLE_KEY={made_up[1]}")
         if print_env:
