@@ -1,7 +1,7 @@
 """Submit the submission file to Kaggle (or the local server) and bring the score back.
 
 Off unless `submit` is true: on kaggle.com a submission spends one of the competition's daily
-submissions, and the flow says so before it does. A retried submit never submits twice: the
+submissions, and the submit task says so just before it makes one. A retried submit never submits twice: the
 submission's ref is recorded beside the file the moment Kaggle accepts it, and a rerun with the
 same file only polls that ref (and says so; the task warns about the daily submission only when
 it really submits); `resubmit` submits the same file again (after a scoring error).
