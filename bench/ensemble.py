@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.cli import cli_flow_settings, prefect_defaults  # noqa: E402
+from flows.console import cli_flow_settings, prefect_defaults  # noqa: E402
 
 WORKDIR = Path("/tmp/planet-bench-ensemble")
 

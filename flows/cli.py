@@ -17,16 +17,11 @@ every one). Prefect and the kaggle client are imported only by the commands that
 from __future__ import annotations
 
 import atexit
-import contextlib
 import gc
 import json
-import logging
-import os
-import signal
 import sys
-import threading
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,13 +29,13 @@ from cyclopts import App, CycloptsError, Parameter
 from pydantic import Field, ValidationError
 
 from flows.config import PIPELINE_STAGES, PipelineConfig, PipelineStage
+from flows.console import DEFAULT_HOME, cli_flow_settings, console, how_to_open, prefect_defaults
 from planet.competitions import COMPETITIONS, resolve
 
 COMPETITION_HELP = "Kaggle slug or alias: " + "; ".join(
     f"{c.slug} ({', '.join(c.aliases)})" for c in COMPETITIONS
 )
 RUN_STAGES = [s for s in PIPELINE_STAGES if s != "submit"]  # submitting is asked for by name
-DEFAULT_HOME = ".prefect"  # where runs are kept without a server, and what `planet server` opens
 
 app = App(
     name="planet",
@@ -108,10 +103,15 @@ def kaggle_local(
     host: Annotated[str, Parameter(help="address to bind")] = "127.0.0.1",
     port: Annotated[int, Parameter(help="port (0: a free one)")] = 0,
     daily_limit: Annotated[int, Parameter(help="submissions per user per day")] = 5,
+    print_env: Annotated[
+        bool, Parameter(help="print the shell lines that point the real kaggle CLI here")
+    ] = False,
 ) -> int:
-    """Serve ROOT/<slug>/ folders to the real kaggle client until stopped. Accepts the
-    credentials in KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json; point the client at the printed
-    URL."""
+    """Serve ROOT/<slug>/ folders to the real kaggle client until stopped. Accepts your own
+    Kaggle credentials (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN or kaggle.json), or makes
+    up a username and key and prints them when there are none (it is offline). Point
+    `planet run --kaggle-endpoint` at the printed URL; --print-env prints the lines that make
+    the real `kaggle` CLI reach it on any port. Each _private/solution.csv is checked first."""
     from flows.processes import sigterm_as_interrupt
     from planet.kaggle_local import serve_forever
 
@@ -123,6 +123,7 @@ def kaggle_local(
                 port=port,
                 daily_submission_limit=daily_limit,
                 out=lambda line: print(line, flush=True),
+                print_env=print_env,
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -176,9 +177,11 @@ def demo(
         combine=combine,
     )
     print(epoch_table(summary))
-    for key in ("val_metric_default", "val_metric_tuned", "score"):
+    for key in ("val_metric_default", "val_metric_tuned", "val_metric_crossfit", "score"):
         if summary.get(key) is not None:
             print(f"{key}: {summary[key]:.4f}")
+    if summary.get("threshold_rule"):
+        print(f"threshold_rule: {summary['threshold_rule']} (the best on held-out halves)")
     print(f"submission: {summary.get('submission')}")
     for line in how_to_open(summary.get("flow_run_id") or ""):
         print(line)
@@ -193,7 +196,11 @@ def run(
     verbose: Annotated[bool, Parameter(help="show the libraries' INFO lines too")] = False,
 ) -> int:
     """Run the pipeline's stages for a competition (against Kaggle, or --kaggle-endpoint).
-    Credentials come from KAGGLE_USERNAME/KAGGLE_KEY or ~/.kaggle/kaggle.json."""
+    Credentials, the first found: KAGGLE_USERNAME + KAGGLE_KEY; KAGGLE_API_TOKEN (a token, or
+    the path of a token file); kaggle.json, then access_token, in KAGGLE_CONFIG_DIR, else
+    ~/.kaggle, else $XDG_CONFIG_HOME/kaggle; else the Prefect Secret block kaggle-credentials
+    (PLANET_KAGGLE_SECRET_BLOCK names another). Submitting again after a scoring error:
+    --stages submit --submit --resubmit."""
     from flows.local_api import ensure_api
     from flows.pipeline import pipeline
 
@@ -285,107 +292,6 @@ def parse_run_config(argv: list[str]) -> PipelineConfig:
     _, bound, _ = app.parse_args(["run", *argv])
     config = bound.arguments.get("config", RunConfig())
     return PipelineConfig.model_validate(config.model_dump())
-
-
-def prefect_defaults(verbose: bool = True) -> None:
-    """Defaults set before Prefect (and Dask) are imported: without a server (`PREFECT_API_URL`)
-    runs are kept in `./.prefect` (`PREFECT_HOME`), the home `planet server` opens by default,
-    so the demo's runs are there to see afterwards; Prefect's ephemeral mode gets time for the
-    database migrations of a fresh home (20-30 s here); unless `verbose`, Dask logs warnings
-    only (its scheduler and nannies log INFO lines by the dozen, in every process)."""
-    if not verbose:
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
-        os.environ["PREFECT_HOME"] = str(Path(DEFAULT_HOME).resolve())
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def how_to_open(flow_run_id: str) -> list[str]:
-    """The lines that tell how to open this run's page in the UI."""
-    from flows.server import DEFAULT_PORT, flow_run_url
-
-    url = flow_run_url(flow_run_id)
-    if url:
-        return [f"flow run: {url}"]
-    home = os.environ.get("PREFECT_HOME", DEFAULT_HOME)
-    return [
-        f"flow run: {flow_run_id} (kept in {home}); to see it in the UI:",
-        f"  planet server --home {home}",
-        f"  then open http://127.0.0.1:{DEFAULT_PORT}/runs/flow-run/{flow_run_id}",
-    ]
-
-
-class OwnLines(logging.Filter):
-    """The pipeline's own lines (Prefect's flow and task run loggers) and every warning: the
-    libraries' INFO lines (Dask's scheduler and nannies, Prefect's server) stay out."""
-
-    OWN = ("prefect.flow_runs", "prefect.task_runs")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name.startswith(self.OWN)
-
-
-@contextlib.contextmanager
-def console(command: str, verbose: bool) -> Iterator[None]:
-    """What `planet demo`/`planet run` print: their own lines and warnings (everything with
-    --verbose), and one live bar per running stage when stderr is a terminal."""
-    if command not in ("demo", "run"):
-        yield
-        return
-    import prefect.main  # noqa: F401  (sets up Prefect's console handler)
-
-    from flows.user_errors import QuietExpectedErrors
-    from tasks.progress import live_bars
-
-    handlers = logging.getLogger().handlers
-    filters: list[logging.Filter] = [] if verbose else [OwnLines(), QuietExpectedErrors()]
-    for handler in handlers:
-        for one in filters:
-            handler.addFilter(one)
-    bars = live_bars() if sys.stderr.isatty() and not verbose else contextlib.nullcontext()
-    try:
-        with bars, _ctrl_c_noted():
-            yield
-    finally:
-        for handler in handlers:
-            for one in filters:
-                handler.removeFilter(one)
-
-
-@contextlib.contextmanager
-def _ctrl_c_noted() -> Iterator[None]:
-    """Ctrl-C raises KeyboardInterrupt as ever, and tells the console filter first."""
-    from flows.user_errors import QuietExpectedErrors
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        QuietExpectedErrors.interrupted = True
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def cli_flow_settings(command: str) -> Iterator[None]:
-    """Flow runs started by `planet demo`/`planet run` send no heartbeats: Prefect 3.8 spends
-    up to a second ending each flow run joining its heartbeat thread (measurements:
-    bench/README.md). Heartbeats serve the server's crashed-run detection for runs whose
-    process is gone; a CLI run's process reports its own failures, and deployment runs started
-    by workers keep Prefect's default."""
-    if command not in ("demo", "run"):
-        yield
-        return
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
 
 
 def _problem(error: Mapping[str, Any]) -> str:

@@ -189,10 +189,32 @@ class ResizeConfig(Target):
         sizes = set(self.resize.sizes or []).union(*(r.sizes for r in recipes))
         return sorted(sizes or DEFAULT_SIZES)
 
+    def sizes_note(self) -> str:
+        """Which sizes the resize stage makes and where each comes from (`resize.sizes` adds
+        to the recipes' sizes, which a run alone at `--sizes 64` may not expect)."""
+        recipes = [r for r in [self.recipe, *(self.ensemble.recipes or [])] if r is not None]
+        asked = set(self.resize.sizes or [])
+        parts = [f"{_px(sorted(asked))} from the sizes setting"] if asked else []
+        for recipe in recipes:
+            extra = sorted(set(recipe.sizes) - asked)
+            if extra:
+                parts.append(f"{_px(extra)} that recipe {recipe.name} trains at")
+            asked |= set(recipe.sizes)
+        if not parts:
+            parts.append(f"{_px(list(DEFAULT_SIZES))} by default (no sizes setting, no recipe)")
+        note = f"making {_px(self.all_sizes())}: " + "; ".join(parts)
+        if self.resize.sizes and len(parts) > 1:
+            note += " (--sizes adds to the recipe's sizes, it does not replace them)"
+        return note
+
     @property
     def split_folds(self) -> int | None:
         """The folds the split assigns (None for a single model on the 80/20 split)."""
         return self.ensemble.folds if self.ensemble.folds > 1 else None
+
+
+def _px(sizes: list[int]) -> str:
+    return ", ".join(map(str, sizes)) + " px"
 
 
 class TrainConfig(EnsembleConfig):

@@ -22,6 +22,12 @@ from planet.fileio import read_json
 from planet.learn.recipe import Recipe, named_recipe
 
 DEMO_USER = "planet-demo"
+BN_LAG_RATIO = 100.0  # a valid_loss this many times the train_loss gets the note below
+BN_LAG_NOTE = (
+    "note: a valid_loss far above the train_loss in the first epochs of a model trained from "
+    "random weights (no pretrained weights offline) is BatchNorm: validation runs in eval mode "
+    "with running statistics that lag the quickly changing weights; it falls as they catch up"
+)
 
 
 def ensure_synthetic(
@@ -138,4 +144,6 @@ def epoch_table(summary: dict[str, Any]) -> str:
             f"{e['stage']:>5} {e['epoch']:>5}  {e['train_loss']:>10.4f}  {e['valid_loss']:>10.4f}  "
             f"{e[metric]:.4f}"
         )
+    if any(e["valid_loss"] > BN_LAG_RATIO * max(e["train_loss"], 1e-6) for e in epochs):
+        lines.append(BN_LAG_NOTE)
     return "\n".join(lines)

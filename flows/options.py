@@ -181,3 +181,8 @@ class SubmitOptions(Options):
         description="How long to wait for the score, in seconds.",
     )
     poll_interval_s: float = Field(5.0, gt=0.0, description="Seconds between status polls.")
+    resubmit: bool = Field(
+        False,
+        description="Submit again although this file was submitted before (after a scoring "
+        "error, or to replace it): spends another daily submission.",
+    )

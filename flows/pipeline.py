@@ -134,6 +134,8 @@ def _markdown(out: dict[str, Any]) -> str:
     for key, label in (
         ("val_metric_default", "validation metric as predicted"),
         ("val_metric_tuned", "validation metric with what thresholds.json fitted"),
+        ("threshold_rule", "thresholds submitted (the best on held-out halves)"),
+        ("val_metric_crossfit", "validation metric of those thresholds on held-out halves"),
         ("score", "score from Kaggle"),
         ("private_score", "private score"),
         ("submission", "submission file"),

@@ -32,6 +32,7 @@ def resize(config: ResizeConfig = DEFAULT_CONFIG) -> dict[str, Any]:
     ws, options = config.workspace, config.resize
     splits = [f.split for f in ws.competition.image_files]
     sizes = config.all_sizes()
+    logger.info("%s", config.sizes_note())
     labels_record = ws.labels_record()
     split_info = split_train_images(
         ws=ws,

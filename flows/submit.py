@@ -1,8 +1,10 @@
 """Submit the submission file to Kaggle (or the local server) and bring the score back.
 
 Off unless `submit` is true: on kaggle.com a submission spends one of the competition's daily
-submissions, and the flow says so before it does. A retried submit never submits twice: the
-submission's ref is recorded beside the file the moment Kaggle accepts it.
+submissions, and the submit task says so just before it makes one. A retried submit never submits twice: the
+submission's ref is recorded beside the file the moment Kaggle accepts it, and a rerun with the
+same file only polls that ref (and says so; the task warns about the daily submission only when
+it really submits); `resubmit` submits the same file again (after a scoring error).
 """
 
 from __future__ import annotations
@@ -37,10 +39,6 @@ def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
             path,
         )
         return {"submitted": False, "path": str(path)}
-    where = config.kaggle_endpoint or "kaggle.com"
-    logger.warning(
-        "submitting %s to %s on %s: this uses one daily submission", path.name, ws.slug, where
-    )
     members = config.members()
     described = [s.describe() for s in recipe.stages]
     if len(members) > 1:
@@ -53,5 +51,6 @@ def submit(config: SubmitConfig = DEFAULT_CONFIG) -> dict[str, Any]:
         config.kaggle_endpoint,
         timeout_s=options.score_timeout_s,
         interval_s=options.poll_interval_s,
+        force_new=options.resubmit,
     )
     return {"submitted": True, "path": str(path), **result}

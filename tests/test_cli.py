@@ -11,6 +11,7 @@ import pytest
 
 from flows import cli
 from flows.config import PrepareConfig
+from flows.console import how_to_open
 from planet.competitions import DOGS_VS_CATS, PLANET
 from planet.store import shards
 from planet.workspace import Workspace
@@ -141,6 +142,9 @@ def test_demo_prints_one_json_line_and_leaks_no_key(prefect_api, tmp_path, capsy
     assert 0.0 <= summary["score"] <= 1.0 and summary["submitted"] is True
     assert Path(summary["submission"]).is_file()
     assert any(line.startswith("val_metric_default: ") for line in out_lines)
+    assert summary["threshold_rule"] in ("fixed", "global", "per_class")
+    assert any(line.startswith("threshold_rule: ") for line in out_lines)
+    assert 0.0 <= summary["val_metric_crossfit"] <= 1.0
     assert summary["split"]["train"] + summary["split"]["valid"] == 24
     assert Path(summary["batch_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the error analysis of the validation images, beside the predictions
@@ -253,9 +257,23 @@ def test_how_to_open_names_the_run_page_of_the_server_in_use(monkeypatch):
     with temporary_settings(
         updates={PREFECT_API_URL: "http://10.0.0.5:4300/api"}, set_defaults={PREFECT_UI_URL: None}
     ):
-        assert cli.how_to_open("abc") == ["flow run: http://10.0.0.5:4300/runs/flow-run/abc"]
+        assert how_to_open("abc") == ["flow run: http://10.0.0.5:4300/runs/flow-run/abc"]
     monkeypatch.setenv("PREFECT_HOME", "/x/.prefect")
     with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
-        lines = cli.how_to_open("abc")
+        lines = how_to_open("abc")
     assert lines[1].strip() == "planet server --home /x/.prefect"
     assert lines[2].strip().endswith("http://127.0.0.1:4200/runs/flow-run/abc")
+
+
+def test_the_epoch_table_explains_a_huge_first_valid_loss():
+    from flows.demo import BN_LAG_NOTE, epoch_table
+
+    def summary(first_valid_loss: float) -> dict:
+        epochs = [
+            {"stage": 1, "epoch": 1, "train_loss": 0.7, "valid_loss": first_valid_loss, "f2": 0.3},
+            {"stage": 1, "epoch": 2, "train_loss": 0.4, "valid_loss": 0.5, "f2": 0.6},
+        ]
+        return {"train": {"epochs": epochs, "epoch_metric": "f2"}}
+
+    assert BN_LAG_NOTE in epoch_table(summary(352_000.0))
+    assert "BatchNorm" not in epoch_table(summary(0.9))

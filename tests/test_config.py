@@ -65,6 +65,7 @@ SAMPLES: dict[str, tuple[object, list[str]]] = {
     "submit": (True, []),
     "score_timeout_s": (120.0, ["120"]),
     "poll_interval_s": (0.5, ["0.5"]),
+    "resubmit": (True, []),
 }
 
 
@@ -195,3 +196,32 @@ def test_a_bad_setting_is_one_line_naming_the_flag(argv, code, words, capsys):
     assert err.startswith("planet run: error: ") and err.count("\n") == 1, err
     for word in words:
         assert word in err
+
+
+def test_the_resize_stage_says_where_each_size_comes_from():
+    """`--stages resize --sizes 64` also makes the default recipe's 128 and 256 px: it says so."""
+    config = cli.parse_run_config(["--stages", "resize", "--sizes", "64"]).for_stage(ResizeConfig)
+    note = config.sizes_note()
+    assert config.all_sizes() == [64, 128, 256]
+    assert "64 px from the sizes setting" in note and "128, 256 px" in note
+    assert "lesson3" in note and "does not replace" in note
+    alone = ResizeConfig().sizes_note()
+    assert "64, 128, 256 px by default" in alone
+
+
+def test_planet_run_help_names_every_credential_source(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for source in (
+        "KAGGLE_USERNAME",
+        "KAGGLE_KEY",
+        "KAGGLE_API_TOKEN",
+        "kaggle.json",
+        "access_token",
+        "KAGGLE_CONFIG_DIR",
+        "~/.kaggle",
+        "XDG_CONFIG_HOME",
+    ):
+        assert source in out, source
+    assert "--resubmit" in out

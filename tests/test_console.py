@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import OwnLines
+from flows.console import OwnLines
 
 
 def _record(name: str, level: int) -> logging.LogRecord:

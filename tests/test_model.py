@@ -267,3 +267,10 @@ def test_the_light_weights_table_matches_torchvision(monkeypatch, tmp_path):
     assert set(HUB_FILES) == set(model_mod.ARCHS)
     for arch in model_mod.ARCHS:
         assert hub_file_candidates(arch) == model_mod.hub_candidates(arch), arch
+
+
+def test_the_recipe_arch_list_is_the_model_arch_list() -> None:
+    """Recipes are checked against planet.constants.ARCH_NAMES without importing torch."""
+    from planet.constants import ARCH_NAMES
+
+    assert set(ARCH_NAMES) == set(ARCHS)

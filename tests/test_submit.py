@@ -3,6 +3,7 @@ second submission, rules errors, and no key leaks."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import subprocess
@@ -381,3 +382,79 @@ def test_task_fails_at_once_when_the_rules_are_not_accepted(
     assert kaggle_server.count("StartSubmissionUpload") == 1  # no retry
     assert created(kaggle_server) == 0 and not list(planet_csv.parent.glob("*.submitted.json"))
     no_key_in(kaggle_key, info.value)
+
+
+# ----- resubmitting after a scoring error -------------------------------------------------------
+
+
+def test_planet_run_has_a_resubmit_flag():
+    from flows import cli
+
+    config = cli.parse_run_config(["--stages", "submit", "--submit", "--resubmit"])
+    assert config.stages == ["submit"] and config.submit.submit and config.submit.resubmit
+    assert not cli.parse_run_config(["--stages", "submit", "--submit"]).submit.resubmit
+
+
+@pytest.mark.slow
+def test_resubmit_after_the_servers_solution_was_fixed(
+    prefect_api, env_creds, kaggle_server, kaggle_root, tmp_path
+):
+    """The issue's case: the server's solution is broken, the submission errors; after the
+    solution is fixed a plain rerun only polls the errored submission, --resubmit scores."""
+    from flows.config import SubmitConfig
+    from flows.options import SubmitOptions
+    from flows.submit import submit
+
+    slug = kaggle_root.planet
+    solution = kaggle_root.root / slug / "_private" / "solution.csv"
+    good = solution.read_text()
+
+    def config(resubmit: bool) -> SubmitConfig:
+        options = SubmitOptions(submit=True, poll_interval_s=0.05, resubmit=resubmit)
+        return SubmitConfig(
+            competition=slug,
+            data_dir=str(tmp_path / "data"),
+            recipe="cpu-demo",
+            kaggle_endpoint=kaggle_server.url,
+            submit=options,
+        )
+
+    path = config(False).workspace.submission(config(False).run_name).path
+    write_submission(path, kaggle_root.solutions[slug], tags=None)
+    solution.write_text(good.replace("Public", "Hidden", 1))  # broken while serving
+    with pytest.raises(SubmissionScoringError) as info:
+        submit(config(False))
+    assert str(solution) in str(info.value) and "--resubmit" in str(info.value)
+    solution.write_text(good)  # fixed
+    with _run_log() as lines, pytest.raises(SubmissionScoringError):
+        submit(config(False))  # the same file: its errored submission is polled again
+    assert created(kaggle_server) == 1
+    assert not [line for line in lines if "submission" in line and "uses one" in line], lines
+    with _run_log() as lines:
+        result = submit(config(True))
+    assert result["status"] == "complete" and result["resubmitted"]
+    assert result["public_score"] == pytest.approx(1.0)
+    assert created(kaggle_server) == 2
+    assert [line for line in lines if "uses one of" in line]  # said when it really submits
+
+
+@contextlib.contextmanager
+def _run_log():
+    """The flow and task run log lines written inside the block."""
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep(level=logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.task_runs")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)

@@ -12,7 +12,9 @@ from planet.competitions import PLANET
 from planet.infer.thresholds import (
     CLASS_GRID,
     GLOBAL_CANDIDATES,
+    RULES,
     best_global_threshold,
+    choose_rule,
     clip_report,
     cross_fit,
     f2_at,
@@ -169,10 +171,88 @@ def test_threshold_report_round_trip(tmp_path):
     write_thresholds(path, report)
     classes, t = read_thresholds(path)
     assert classes == PLANET.classes
+    assert t.tolist() == [report["chosen"]["thresholds"][c] for c in PLANET.classes]
+    _, t = read_thresholds(path, "per_class")
     assert t.tolist() == [report["per_class"]["thresholds"][c] for c in PLANET.classes]
     _, g = read_thresholds(path, "global")
     assert np.all(g == report["global"]["threshold"])
     assert list(tmp_path.iterdir()) == [path]
+
+
+def _calibrated(n: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities, alike for every class: per-class thresholds can only fit noise."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(0.4, 1.2, size=(n, c))
+    return p, (rng.random((n, c)) < p).astype(np.uint8)
+
+
+def _held_out_best(report):
+    cf = report["cross_fit"]
+    return max(cf[r] for r in RULES)
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_per_class_thresholds_that_overfit_are_not_submitted(tmp_path, seed):
+    """Few validation images: per-class thresholds score best where they were fitted and worst
+    on held-out halves; the report chooses (and the submission reads) a single threshold."""
+    p, y = _calibrated(40, 17, seed)
+    report = threshold_report(p, y, PLANET.classes)
+    cf, chosen = report["cross_fit"], report["chosen"]
+    assert report["per_class"]["f2"] > report["fixed"]["f2"]  # in sample, per class looks best
+    assert cf["per_class"] < max(cf["fixed"], cf["global"])  # held out, it is not
+    assert chosen["rule"] in ("fixed", "global")
+    assert chosen["f2_cross_fit"] == _held_out_best(report)
+    for rule in RULES:  # all three estimates are reported, with why
+        assert f"{cf[rule]:.4f}" in chosen["why"]
+    path = tmp_path / "thresholds.json"
+    write_thresholds(path, report)
+    _, submitted = read_thresholds(path)
+    expected = report[chosen["rule"]]["threshold"]
+    assert submitted.tolist() == [expected] * len(PLANET.classes)
+
+
+def test_per_class_thresholds_that_pay_off_held_out_are_submitted():
+    p, y = _model_like(2000, 17, 0)
+    report = threshold_report(p, y, PLANET.classes)
+    assert report["chosen"]["rule"] == "per_class"
+    assert report["chosen"]["thresholds"] == report["per_class"]["thresholds"]
+    assert report["chosen"]["f2"] == report["per_class"]["f2"]
+
+
+def test_a_tie_goes_to_the_simpler_rule():
+    assert choose_rule({"fixed": 0.8, "global": 0.8, "per_class": 0.8})[0] == "fixed"
+    assert choose_rule({"fixed": 0.7, "global": 0.8, "per_class": 0.8})[0] == "global"
+    assert choose_rule({"fixed": 0.7, "global": 0.8, "per_class": 0.81})[0] == "per_class"
+
+
+def test_the_decision_reports_and_submits_the_chosen_rule(tmp_path):
+    from planet.infer.decision import decision_for
+    from planet.synthetic.archives import write_csv
+
+    decision = decision_for(PLANET)
+    p, y = _calibrated(40, 17, 0)
+    report = decision.fit(p, y, PLANET.classes)
+    rule = report["chosen"]["rule"]
+    default, tuned = decision.scores(report)
+    assert (default, tuned) == (report["fixed"]["f2"], report[rule]["f2"])
+    assert decision.honest(report) == report["cross_fit"][rule]
+    summary = decision.summary(report)
+    assert summary["threshold_rule"] == rule
+    assert summary["val_metric_crossfit"] == report["cross_fit"][rule]
+    line = decision.log_line(report)
+    assert f"submitting {rule.replace('_', ' ')}" in line and "held-out" in line
+    fitted = tmp_path / "thresholds.json"
+    decision.write(fitted, report)
+    tables = tmp_path / "tables"
+    names = [f"test_{i}" for i in range(40)]
+    write_csv(
+        tables / "sample_submission_v2.csv", PLANET.submission_columns, [(n, "") for n in names]
+    )
+    decision.write_submission(tables, tmp_path / "sub.csv", names, p, fitted)
+    rows = (tmp_path / "sub.csv").read_text().splitlines()[1:]
+    t = report[rule]["threshold"]
+    expected = [" ".join(c for c, v in zip(PLANET.classes, row, strict=True) if v > t) for row in p]
+    assert [r.split(",", 1)[1] for r in rows] == expected
 
 
 def test_read_thresholds_rejects_other_files(tmp_path):

@@ -1,6 +1,7 @@
 """How a competition turns probabilities into its answer: one decision object per task type.
 
-    ClassThresholds   multi-label (Planet): per-class thresholds fitted on validation, F2
+    ClassThresholds   multi-label (Planet): thresholds fitted on validation (fixed 0.2, best
+                      global or per class, whichever scores best on held-out halves), F2
     ProbabilityClip   single-label (Dogs vs Cats): probabilities clipped to [c, 1 - c], log loss
 
 A decision fits itself on validation probabilities (`fit` -> a JSON-able report written to
@@ -41,7 +42,8 @@ class Decision(ABC):
 
     @abstractmethod
     def scores(self, report: dict[str, Any]) -> tuple[float, float]:
-        """(default, tuned): the validation metric without and with what was fitted."""
+        """(default, tuned): the validation metric without and with what was fitted (and is
+        submitted), both on all of validation."""
 
     @abstractmethod
     def honest(self, report: dict[str, Any]) -> float:
@@ -98,33 +100,40 @@ class ClassThresholds(Decision):
         return threshold_report(probs, truth, classes)
 
     def scores(self, report: dict[str, Any]) -> tuple[float, float]:
-        return report["fixed"]["f2"], report["per_class"]["f2"]
+        return report["fixed"]["f2"], report["chosen"]["f2"]
 
     def honest(self, report: dict[str, Any]) -> float:
-        return report["cross_fit"]["per_class"]  # fitted on one half, scored on the other
+        return report["chosen"]["f2_cross_fit"]  # fitted on one half, scored on the other
 
     def targets(self, truth: np.ndarray, n_classes: int) -> np.ndarray:
         return truth.astype(np.float64)  # already multi-hot
 
     def summary(self, report: dict[str, Any]) -> dict[str, Any]:
-        return {"thresholds": report["per_class"]["thresholds"]}
+        chosen = report["chosen"]
+        return {
+            "thresholds": chosen["thresholds"],  # the submitted ones
+            "threshold_rule": chosen["rule"],
+            "val_metric_crossfit": chosen["f2_cross_fit"],
+        }
 
     def log_line(self, report: dict[str, Any]) -> str:
-        cf = report["cross_fit"]
+        cf, chosen = report["cross_fit"], report["chosen"]
         return (
             f"validation F2: {report['fixed']['f2']:.4f} at 0.2, {report['global']['f2']:.4f} at "
             f"the best global {report['global']['threshold']:.2f}, "
             f"{report['per_class']['f2']:.4f} per class (cross-fitted on halves: "
-            f"{cf['per_class']:.4f} vs {cf['fixed']:.4f} at 0.2)"
+            f"{cf['fixed']:.4f}, {cf['global']:.4f}, {cf['per_class']:.4f}); submitting "
+            f"{chosen['rule'].replace('_', ' ')}: {chosen['why']}"
         )
 
     def table(self, report: dict[str, Any]) -> list[dict[str, Any]]:
-        per_class = report["per_class"]["thresholds"]
+        per_class, submitted = report["per_class"]["thresholds"], report["chosen"]["thresholds"]
         return [
             {
                 "class": c,
                 "support": report["support"][c],
                 "threshold": per_class[c],
+                "submitted": submitted[c],
                 "f2_at_0.2": round(report["per_class_f2_fixed"][c], 4),
                 "f2_fitted": round(report["per_class_f2"][c], 4),
             }
@@ -153,6 +162,9 @@ class ClassThresholds(Decision):
                 f"| fixed 0.2 | {report['fixed']['f2']:.4f} | {cf['fixed']:.4f} |",
                 f"| best global ({g['threshold']:.2f}) | {g['f2']:.4f} | {cf['global']:.4f} |",
                 f"| per class | {report['per_class']['f2']:.4f} | {cf['per_class']:.4f} |",
+                "",
+                f"Submitted: **{report['chosen']['rule'].replace('_', ' ')}**. "
+                f"{report['chosen']['why']}.",
                 "",
                 report.get("note", ""),
                 "",

@@ -336,7 +336,8 @@ def raise_for_scoring(result: dict[str, Any]) -> dict[str, Any]:
         raise SubmissionScoringError(
             f"Kaggle could not score submission {result['ref']} ({result['file']}) to "
             f"{result['slug']!r}: {result.get('error') or 'no reason given'}; fix the file "
-            "(a new file is submitted anew; the same file needs force_new)",
+            "(a new file is submitted anew), or, if the scoring was at fault, submit the same "
+            "file again with `planet run --stages submit --submit --resubmit` (force_new)",
             slug=result["slug"],
         )
     return result

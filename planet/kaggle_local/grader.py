@@ -7,17 +7,23 @@ The grader is chosen by the competition's metric (`planet.competitions.resolve(s
 * `log_loss` (Dogs vs Cats): submission `id,label` (label = P(dog)) against a solution
   `id,label,Usage` (label 0/1).
 
-Rows whose `Usage` is `Public` give the public score, `Private` rows the private score. A
-malformed submission (bad columns, missing/extra/duplicate ids, unparsable values) gives an
-error message instead of scores, as Kaggle marks such a submission "error".
+Rows whose `Usage` is `Public` give the public score, `Private` rows the private score; a
+solution without a `Usage` column counts every row as Public. A malformed submission (bad
+columns, missing/extra/duplicate ids, unparsable values) gives an error message instead of
+scores, as Kaggle marks such a submission "error". A solution file that cannot be used is the
+server's problem, not the submitter's: `check_solution` refuses it when the server starts
+(columns, values, the ids of the sample submission), naming the file, and a grading error it
+still causes names the file and says the submission was not at fault.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +31,8 @@ import numpy as np
 
 from planet.competitions import Competition, resolve
 from planet.learn.metrics import fbeta_samples, log_loss
+
+log = logging.getLogger(__name__)
 
 USAGES = ("Public", "Private")
 _MAX_EXAMPLES = 3
@@ -68,8 +76,14 @@ def grade_file(
         sub_text = _read_text(Path(submission), "submission")
         sol_text = _read_text(solution, "solution")
         public, private = grade_texts(comp, sub_text, sol_text)
-    except (GradingError, SolutionError) as exc:
+    except GradingError as exc:
         return GradeResult(error=str(exc))
+    except SolutionError as exc:
+        return GradeResult(
+            error=f"the local server's solution file {solution} is unusable ({exc}); this is not "
+            "the submission's fault: fix the solution, restart the server and submit the same "
+            "file again (planet run --stages submit --submit --resubmit)"
+        )
     return GradeResult(public_score=public, private_score=private)
 
 
@@ -149,10 +163,19 @@ def _where(text: str, exc: Exception) -> str:
     return f" on line {lines.index(row) + 1}" if row in lines else ""
 
 
+def _has_usage(text: str) -> bool:
+    """Whether the CSV's header row names a Usage column."""
+    header = text.split("\n", 1)[0]
+    return "Usage" in [h.strip().strip('"') for h in header.split(",")]
+
+
 def _read_solution(text: str, id_col: str, value_col: str) -> dict[str, tuple[str, str]]:
+    """id -> (value, Usage); without a Usage column every row is Public."""
     truth: dict[str, tuple[str, str]] = {}
-    cols = _rows(text, (id_col, value_col, "Usage"), "solution", SolutionError)
-    for key, value, usage in zip(cols[id_col], cols[value_col], cols["Usage"], strict=True):
+    columns = (id_col, value_col, "Usage") if _has_usage(text) else (id_col, value_col)
+    cols = _rows(text, columns, "solution", SolutionError)
+    usages = cols.get("Usage") or ["Public"] * len(cols[id_col])
+    for key, value, usage in zip(cols[id_col], cols[value_col], usages, strict=True):
         if usage not in USAGES:
             raise SolutionError(
                 f"solution row {key!r} has Usage {usage!r}: expected Public or Private"
@@ -250,3 +273,75 @@ def _log_loss(
         if not math.isfinite(p[i]):
             raise GradingError(f"the submission {value_col} for {id_col} {key!r} is not finite")
     return log_loss(y, p)
+
+
+def check_solution(
+    slug: str, solution: str | os.PathLike[str], sample: str | os.PathLike[str] | None = None
+) -> list[str]:
+    """Check a competition's hidden solution file before serving it; its warnings (a missing
+    Usage column: every row Public). A sample submission that cannot be read (the tests' random
+    bytes) is not compared with.
+    Raises SolutionError naming the file: unreadable, wrong columns, bad Usage or values,
+    duplicate ids, or ids other than the sample submission's (`sample`: CSV or zipped CSV)."""
+    comp = resolve(slug)
+    solution = Path(solution)
+    warnings: list[str] = []
+    id_col, value_col = comp.submission_columns
+    try:
+        text = _read_text(solution, "solution")
+        truth = _read_solution(text, id_col, value_col)
+        if not truth:
+            raise SolutionError("it has no rows")
+        for key, (value, _) in truth.items():
+            if comp.metric == "mean_f2":
+                _multi_hot(comp, value, key, "solution", SolutionError)
+            elif value not in ("0", "1"):
+                raise SolutionError(f"{value_col} for {id_col} {key!r} is {value!r}: expected 0/1")
+    except SolutionError as exc:
+        raise SolutionError(f"solution file {solution}: {exc}") from None
+    if not _has_usage(text):
+        warnings.append(
+            f"solution file {solution} has no Usage column: every row counts as Public (add "
+            "Usage = Public/Private per row for a private score)"
+        )
+    if sample is None:
+        return warnings
+    sample = Path(sample)
+    try:
+        wanted = _sample_ids(sample, id_col)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # pandas' errors are ValueErrors
+        log.info("not comparing %s with %s: cannot read it (%s)", solution, sample, exc)
+        return warnings
+    missing = [k for k in wanted if k not in truth]
+    extra = [k for k in truth if k not in wanted]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"lacks {len(missing)} {id_col} value(s), e.g. {_examples(missing)}")
+        if extra:
+            problems.append(
+                f"has {len(extra)} {id_col} value(s) it does not, e.g. {_examples(extra)}"
+            )
+        raise SolutionError(
+            f"solution file {solution} does not match the sample submission {sample.name}: it "
+            f"{' and '.join(problems)}; it needs exactly one row per {id_col} of the sample"
+        )
+    return warnings
+
+
+def _sample_ids(sample: Path, id_col: str) -> list[str]:
+    """The first column's ids of a sample submission (a CSV, or a zip holding one)."""
+    if sample.suffix == ".zip":
+        with zipfile.ZipFile(sample) as zf:
+            names = [n for n in zf.namelist() if n.endswith(".csv")]
+            if not names:
+                raise ValueError("the zip holds no .csv")
+            data = zf.read(names[0])
+    else:
+        data = sample.read_bytes()
+    from planet.store.frames import read_csv_frame
+
+    frame = read_csv_frame(io.BytesIO(data))
+    if list(frame.columns[:1]) != [id_col]:
+        raise ValueError(f"its first column is not {id_col}")
+    return [key.strip() for key in frame.iloc[:, 0].tolist() if key.strip()]

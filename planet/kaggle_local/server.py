@@ -30,7 +30,10 @@ import hmac
 import logging
 import os
 import re
+import secrets
+import shlex
 import socket
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from http.server import ThreadingHTTPServer
@@ -39,13 +42,41 @@ from typing import Any
 
 from planet.kaggle_local.api import CompetitionApi
 from planet.kaggle_local.faults import Faults
+from planet.kaggle_local.grader import check_solution
 from planet.kaggle_local.http_handler import RequestHandler, RequestRecord
 from planet.kaggle_local.protocol import SLUG_RE
-from planet.kaggle_local.store import CompetitionStore
+from planet.kaggle_local.store import PRIVATE_DIR, SOLUTION_FILE, CompetitionStore
 
 log = logging.getLogger(__name__)
 
 LOG_SETTLE_S = 2.0
+MADE_UP_USER = "planet-local"
+
+
+class ServerBindError(OSError):
+    """The server cannot listen on its address (the port is taken, or not ours to use)."""
+
+
+def check_solutions(root: Path) -> list[str]:
+    """Check every `<root>/<slug>/_private/solution.csv` of a known competition against its
+    sample submission (planet.kaggle_local.grader.check_solution); the warnings. Raises
+    SolutionError naming the file that cannot be graded against."""
+    from planet.competitions import resolve
+
+    warnings: list[str] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and SLUG_RE.match(p.name)):
+        solution = folder / PRIVATE_DIR / SOLUTION_FILE
+        try:
+            comp = resolve(folder.name)
+        except ValueError:
+            continue  # served, never graded
+        if not solution.is_file():
+            continue  # grading says so per submission
+        sample = next((folder / f.name for f in comp.files if f.kind == "sample_submission"), None)
+        warnings += check_solution(
+            folder.name, solution, sample if sample and sample.is_file() else None
+        )
+    return warnings
 
 
 class LocalKaggleServer:
@@ -92,6 +123,9 @@ class LocalKaggleServer:
             )
         self.host = host
         self._port = port
+        self.warnings = check_solutions(self.root)  # before serving: a bad solution stops here
+        for warning in self.warnings:  # on stderr at `planet kaggle-local` (logging's last resort)
+            log.warning("%s", warning)
         self.faults = Faults()
         self.store = CompetitionStore(self.root, self.faults)
         self.api = CompetitionApi(
@@ -130,7 +164,15 @@ class LocalKaggleServer:
         """Bind and serve on a daemon thread; returns self."""
         if self._httpd is not None:
             return self
-        httpd = ThreadingHTTPServer((self.host, self._port), RequestHandler)
+        try:
+            httpd = ThreadingHTTPServer((self.host, self._port), RequestHandler)
+        except OSError as exc:
+            error = ServerBindError(
+                f"cannot serve on {self.host}:{self._port}: {exc.strerror or exc}; choose another "
+                "--port (0 picks a free one) or stop what is listening there"
+            )
+            error.errno = exc.errno
+            raise error from None
         httpd.daemon_threads = True
         httpd.app = self  # type: ignore[attr-defined]
         self._httpd = httpd
@@ -280,6 +322,32 @@ class LocalKaggleServer:
                 self._conns.discard(conn)
 
 
+def client_env_lines(url: str, made_up: tuple[str, str] | None = None) -> list[str]:
+    """Shell lines that point the real `kaggle` CLI (kaggle 2.x) at the server at `url`, with
+    the `made_up` (username, key) the server accepts (else the CLI finds the caller's own).
+
+    kagglesdk knows two local endpoints, chosen by KAGGLE_API_ENVIRONMENT: LOCALHOST is
+    http://localhost (port 80) and TEST is http://localhost:7777. Any other port gets a shell
+    function `kaggle` that runs the same CLI with that endpoint put into kagglesdk's table."""
+    port = url.rsplit(":", 1)[-1]
+    lines = []
+    if made_up:
+        user, key = map(shlex.quote, made_up)
+        lines.append(f"export KAGGLE_USERNAME={user} KAGGLE_KEY={key}")
+    if port == "7777":
+        return [*lines, "export KAGGLE_API_ENVIRONMENT=TEST"]
+    lines.append("export KAGGLE_API_ENVIRONMENT=LOCALHOST")
+    if port == "80":
+        return lines
+    code = (
+        "import sys, kagglesdk.kaggle_env as e; "
+        "e._env_to_endpoint[e.KaggleEnv.LOCAL] = sys.argv.pop(1); "
+        "from kaggle.cli import main; sys.argv[0] = 'kaggle'; sys.exit(main())"
+    )
+    python = shlex.quote(sys.executable)
+    return [*lines, f'kaggle() {{ {python} -c {shlex.quote(code)} {shlex.quote(url)} "$@"; }}']
+
+
 def serve_forever(
     root: str | os.PathLike[str],
     host: str = "127.0.0.1",
@@ -289,25 +357,36 @@ def serve_forever(
     access_tokens: Mapping[str, str] | None = None,
     daily_submission_limit: int | None = 5,
     out: Callable[[str], Any] = print,
+    print_env: bool = False,
 ) -> None:
     """Serve root until Ctrl-C, printing the URL to give the client.
 
     Without credentials/access_tokens the server accepts the caller's own Kaggle credentials
     (planet.kaggle.load_credentials: environment or kaggle.json), so the client works
-    unchanged; the key itself is never printed.
+    unchanged; the key itself is never printed. Without any (the server is offline: nothing
+    needs a real key) it makes up a username and key and prints them. print_env: print the
+    shell lines that point the real kaggle CLI here (`client_env_lines`; a made-up key only).
     """
     source = "the given credentials"
+    made_up: tuple[str, str] | None = None
     if credentials is None and not access_tokens:
-        from planet.kaggle.credentials import (
+        from planet.kaggle.credentials import (  # local import: keeps the server standalone
+            KaggleCredentialsError,
             load_credentials,
-        )  # local import: keeps the server standalone
+        )
 
-        creds = load_credentials()
-        source = creds.source
-        if creds.token:
-            access_tokens = {creds.token: creds.username or "local-user"}
+        try:
+            creds = load_credentials()
+        except KaggleCredentialsError:
+            made_up = (MADE_UP_USER, secrets.token_hex(16))
+            credentials = dict([made_up])
+            source = "made-up credentials (none were found; this server is offline)"
         else:
-            credentials = {str(creds.username): str(creds.key)}
+            source = creds.source
+            if creds.token:
+                access_tokens = {creds.token: creds.username or "local-user"}
+            else:
+                credentials = {str(creds.username): str(creds.key)}
     server = LocalKaggleServer(
         root,
         host,
@@ -324,6 +403,12 @@ def serve_forever(
         out(f"Local Kaggle server at {server.url} serving {server.root}")
         out(f"  competitions: {', '.join(comps) or '(none)'}")
         out(f"  accepting credentials from {source}; stop with Ctrl-C")
+        if made_up and not print_env:
+            out(f"  use them: KAGGLE_USERNAME={made_up[0]} KAGGLE_KEY={made_up[1]}")
+        if print_env:
+            out("  the real kaggle CLI reaches this server after these lines (bash/zsh):")
+            for line in client_env_lines(server.url, made_up):
+                out(line)
         stop = threading.Event()
         while not stop.wait(0.5):
             pass

@@ -15,18 +15,26 @@ Learning rates are written the way fast.ai users write them:
 
 A stage whose rate mentions `auto` always runs the LR finder first; `lr_find: true` runs it
 for the picture only (the seed notebooks looked at the plot before every `fit_one_cycle`).
+
+A recipe is checked completely when it is read, before any stage runs: unknown keys are refused
+(with the closest known key: `epoch` -> `epochs`), the arch must be one of `ARCH_NAMES`, and a
+recipe file's mistakes (`RecipeError`) name the file, the line where the parser knows it and
+the allowed values, in one line.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from planet.constants import ARCH_NAMES
 from planet.fileio import sha256_json
 
 _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
@@ -130,8 +138,14 @@ def parse_lr(spec: str | float) -> LRSpec:
     return spec_
 
 
+class RecipeError(ValueError):
+    """A recipe file that cannot be used: one line naming the file, the line and what to write."""
+
+
 class TrainStage(BaseModel):
     """One `fit_one_cycle` of the recipe."""
+
+    model_config = ConfigDict(extra="forbid")
 
     size: int = Field(128, ge=8, le=1024, description="Image size in pixels (a resized size).")
     frozen: bool = Field(True, description="Train only the head (and BatchNorm layers).")
@@ -164,8 +178,10 @@ class TrainStage(BaseModel):
 class Recipe(BaseModel):
     """A backbone and the stages that train it (defaults: the seed notebook's Planet recipe)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field("lesson3", description="A short name; models go to models/<name>-<hash>/.")
-    arch: str = Field("resnet50", description="Backbone: resnet18/34/50/101, vgg16, vgg16_bn.")
+    arch: str = Field("resnet50", description="Backbone: " + ", ".join(ARCH_NAMES) + ".")
     pretrained: bool = Field(True, description="Start from ImageNet weights when available.")
     weights_path: str | None = Field(
         None, description="An ImageNet state-dict file for the backbone (else the torch hub cache)."
@@ -184,6 +200,15 @@ class Recipe(BaseModel):
     def _valid_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
             raise ValueError(f"recipe name {value!r}: use letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in ARCH_NAMES:
+            close = difflib.get_close_matches(value, ARCH_NAMES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown arch {value!r}; {hint}known: {', '.join(ARCH_NAMES)}")
         return value
 
     @field_validator("stages")
@@ -259,18 +284,100 @@ def named_recipe(name: str) -> Recipe:
 
 
 def load_recipe(value: str) -> Recipe:
-    """A built-in recipe by name, or a JSON/YAML file holding one."""
+    """A built-in recipe by name, or a JSON/YAML file holding one (RecipeError otherwise)."""
     if value in RECIPES:
         return named_recipe(value)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise ValueError(
+        raise RecipeError(
             f"recipe {value!r} is neither a built-in recipe ({', '.join(sorted(RECIPES))}) "
             "nor a recipe file (.json/.yaml)"
         )
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    data = _parse_recipe_file(path, text)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = _line_finder(text)
+        problems = "; ".join(_problem(e, lines) for e in exc.errors())
+        raise RecipeError(f"recipe {path}, {problems}") from None
 
-        return Recipe.model_validate(yaml.safe_load(text))
-    return Recipe.model_validate_json(text)
+
+def _parse_recipe_file(path: Path, text: str) -> Any:
+    """The file's data; a RecipeError naming the line and column a parser stopped at."""
+    import yaml
+
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            what = " ".join(filter(None, [exc.context, exc.problem]))
+            raise RecipeError(f"recipe {path} is not valid YAML{where}: {what}") from None
+        except yaml.YAMLError as exc:
+            raise RecipeError(
+                f"recipe {path} is not valid YAML: {' '.join(str(exc).split())}"
+            ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(
+            f"recipe {path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
+
+
+def _line_finder(text: str) -> Any:
+    """A function from a pydantic error location to the 1-based line it is on (None: unknown).
+    JSON is YAML to this parser, so both kinds of file get lines."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        root = None
+
+    def line(loc: tuple[Any, ...]) -> int | None:
+        node, mark = root, None
+        for part in loc:
+            if isinstance(node, yaml.MappingNode):
+                pair = next((kv for kv in node.value if kv[0].value == part), None)
+                if pair is None:
+                    break
+                mark, node = pair[0].start_mark, pair[1]
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+                if not 0 <= part < len(node.value):
+                    break
+                node = node.value[part]
+                mark = node.start_mark
+            else:
+                break
+        return None if mark is None else mark.line + 1
+
+    return line
+
+
+def _problem(error: Any, line_of: Any) -> str:
+    """One pydantic error as `stage 2, line 7: what is wrong; what to write`."""
+    loc = tuple(error["loc"])
+    stage = next((p for a, p in zip(loc, loc[1:], strict=False) if a == "stages"), None)
+    line = line_of(loc)
+    where = ", ".join(
+        filter(
+            None, [f"stage {stage + 1}" if isinstance(stage, int) else "", line and f"line {line}"]
+        )
+    )
+    message = str(error["msg"]).removeprefix("Value error, ")
+    key = loc[-1] if loc else None
+    if error["type"] == "extra_forbidden":
+        model = TrainStage if isinstance(stage, int) else Recipe
+        known = list(model.model_fields)
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        what = "a stage" if model is TrainStage else "a recipe"
+        message = f"unknown key {key!r}{hint} (the keys of {what}: {', '.join(known)})"
+    elif not loc:
+        message = f"a recipe file holds a mapping of keys ({', '.join(Recipe.model_fields)})"
+    elif isinstance(key, str) and key not in message:
+        message = f"{key}: {message}"
+    return f"{where}: {message}" if where else message

@@ -211,7 +211,7 @@ def outputs(data_dir: Path) -> dict[str, Any]:
 
 def main(config_path: str) -> int:
     """The child: run the pipeline as `planet run` does and print its summary last."""
-    from flows.cli import cli_flow_settings, prefect_defaults
+    from flows.console import cli_flow_settings, prefect_defaults
 
     prefect_defaults()
     from flows.config import PipelineConfig

@@ -30,7 +30,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from pydantic import ValidationError
 
 from planet import kaggle, resize, synthetic
 from planet.competitions import PLANET
@@ -44,7 +43,7 @@ from planet.infer import submission
 from planet.infer.runs import prediction_inputs
 from planet.infer.submission import SubmissionError
 from planet.learn import stages
-from planet.learn.recipe import Recipe, TrainStage, load_recipe
+from planet.learn.recipe import Recipe, RecipeError, TrainStage, load_recipe
 from planet.resize import BadImageError
 from planet.store import shards
 from planet.store.labels import LabelError
@@ -528,10 +527,11 @@ def test_a_recipe_with_a_negative_learning_rate_is_refused_when_read(
     path = tmp_path / "recipe.json"
     stages_ = [{"size": 32, "lr": "1e-3"}, {"size": 32, "lr": lr}]
     path.write_text(json.dumps({"name": "neg", "arch": "resnet18", "stages": stages_}))
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(RecipeError) as err:
         load_recipe(str(path))
     message = str(err.value)
-    assert "stages.1.lr" in message and str(lr) in message and "must be positive" in message
+    assert "stage 2" in message and "lr" in message and str(path) in message
+    assert str(lr) in message and "must be positive" in message
 
 
 @pytest.mark.timeout(60)
