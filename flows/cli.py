@@ -203,8 +203,10 @@ def run(
     --stages submit --submit --resubmit."""
     from flows.local_api import ensure_api
     from flows.pipeline import pipeline
+    from flows.preflight import check_run
 
     ensure_api()  # the Prefect API: checked, or the temporary one started (flows/local_api.py)
+    check_run(config, api_ready=True)  # what needed the API: the credentials' Secret block
     summary = pipeline(PipelineConfig.model_validate(config.model_dump()))
     for line in how_to_open(summary.get("flow_run_id") or ""):
         print(line)

@@ -4,9 +4,11 @@ what to do. The settings' own values are checked when they are read (flows/optio
 
 from __future__ import annotations
 
+import os
 import socket
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flows.config import PipelineConfig
@@ -21,14 +23,35 @@ class PreflightError(ValueError):
     """A setting a run cannot start with; the message says which and what to do."""
 
 
-def check_credentials() -> None:
+def check_credentials(*, api_ready: bool = False) -> None:
     """The Kaggle credentials the run would use exist and can be read (KaggleCredentialsError
-    names the places looked in)."""
-    from planet.kaggle import load_credentials
+    names the places looked in). A Prefect Secret block (tasks/credentials.py) can only be
+    read once the Prefect API is up: before that (`api_ready` False), when there is a Prefect
+    database the block could be in (PREFECT_API_URL's server, or a local home that has one),
+    missing machine-local credentials are left to the second call, made right after the API
+    is up; with neither, there is no block to read and the error comes at once."""
+    from planet.kaggle import KaggleCredentialsError, load_credentials
+    from tasks.credentials import kaggle_credentials, secret_block_name
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the run itself warns about a readable kaggle.json
-        load_credentials()
+        try:
+            load_credentials()
+        except KaggleCredentialsError:
+            if secret_block_name() is None or not (api_ready or _prefect_database()):
+                raise
+            if api_ready:
+                kaggle_credentials()  # the Secret block too; its error names every place
+
+
+def _prefect_database() -> bool:
+    """Whether there is a Prefect database that could hold a Secret block."""
+    from flows.console import DEFAULT_HOME
+
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", DEFAULT_HOME)).expanduser()
+    return (home / "prefect.db").is_file()
 
 
 def check_device(device: str) -> None:
@@ -73,9 +96,16 @@ def check_dask_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None
         ) from None
 
 
-def check_run(config: PipelineConfig, stages: Iterable[str] | None = None) -> None:
-    """Everything above that `stages` (default: the config's) need."""
+def check_run(
+    config: PipelineConfig, stages: Iterable[str] | None = None, *, api_ready: bool = False
+) -> None:
+    """Everything above that `stages` (default: the config's) need; with `api_ready`, only
+    what needed the Prefect API (the Kaggle credentials' Secret block)."""
     run = set(config.stages if stages is None else stages)
+    if api_ready:
+        if run & set(KAGGLE_STAGES):
+            check_credentials(api_ready=True)
+        return
     if run & set(MODEL_STAGES):
         check_device(config.compute.device)
     if "resize" in run and config.resize.dask_address:

@@ -220,3 +220,32 @@ def test_a_prefect_api_that_answers_but_not_as_one_is_one_line(status, message):
             check_api(url)
         httpd.shutdown()
     assert "\n" not in str(error.value) and url in str(error.value)
+
+
+def test_missing_local_credentials_wait_for_the_secret_block_when_there_is_a_prefect_api(
+    tmp_path, monkeypatch
+):
+    """Without machine-local credentials the preflight does not refuse a run that has a Prefect
+    API to read the Secret block from; once the API is up the block is read, and a missing one
+    is the one error naming every place looked in (the block included)."""
+    from flows import preflight
+    from tasks import credentials
+
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "PLANET_KAGGLE_SECRET_BLOCK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "none"))
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "fresh-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with pytest.raises(KaggleCredentialsError):  # no API, no database: no block to wait for
+        preflight.check_credentials()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    preflight.check_credentials()  # left to the check after the API is up
+    block = {"value": '{"username": "someone", "key": "0123456789abcdef"}'}
+    monkeypatch.setattr(credentials, "read_secret_block", lambda name: block["value"])
+    preflight.check_credentials(api_ready=True)
+    block["value"] = None
+    with pytest.raises(KaggleCredentialsError, match="kaggle-credentials"):
+        preflight.check_credentials(api_ready=True)
+    monkeypatch.setenv("PLANET_KAGGLE_SECRET_BLOCK", "none")
+    with pytest.raises(KaggleCredentialsError):
+        preflight.check_credentials()
