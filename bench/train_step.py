@@ -39,8 +39,10 @@ only adds time). `wait` is the share of a side's timed seconds spent waiting for
 batch. On CUDA the timing is synchronised and `nvidia-smi`'s GPU utilisation is sampled in a
 background thread while each side runs (mean of the samples, `n/a` when it cannot be read).
 
-The last lines are `precision <a>/<b> ratio=<geometric mean of the first two precisions'
-images/s ratio>` and `train_step ratio=<geometric mean over the configurations of project
+The last lines are `precision <a>/<b> ratio=<geometric mean over the configurations of the
+second precision's rate / the first's>` (per configuration the median over rounds of the two
+sides' ratio in the same round; on the CPU of images per CPU second of this process, which a
+shared machine's other jobs barely move, where wall-clock rates varied 10x under load) and `train_step ratio=<geometric mean over the configurations of project
 images/s (at the precision `auto` picks here) / reference images/s>` (this one only with the
 reference side, and `auto`'s precision among `--precisions`).
 
@@ -214,6 +216,7 @@ class Side:
     batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None
     step: Callable[[torch.Tensor, torch.Tensor], None] | None
     rates: list[float] = field(default_factory=list)
+    cpu_rates: list[float] = field(default_factory=list)  # images per CPU second (this process)
     waits: list[float] = field(default_factory=list)
     utils: list[float] = field(default_factory=list)
 
@@ -294,13 +297,15 @@ def reference_side(
     return Side("reference", forever(loader), step)
 
 
-def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, float]:
-    """(seconds, seconds waiting for batches) of `steps` training steps."""
+def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, float, float]:
+    """(seconds, seconds waiting for batches, CPU seconds of this process) of `steps` training
+    steps."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
     assert side.batches is not None and side.step is not None
     wait = 0.0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for _ in range(steps):
         t1 = time.perf_counter()
@@ -309,7 +314,7 @@ def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, floa
         side.step(images, targets)
     if cuda:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, wait
+    return time.perf_counter() - t0, wait, time.process_time() - c0
 
 
 def bench_config(
@@ -332,15 +337,16 @@ def bench_config(
     for _ in range(args.repeat):
         for side in sides.values():
             with sampler:
-                seconds, wait = run_steps(side, args.steps, device)
+                seconds, wait, cpu_seconds = run_steps(side, args.steps, device)
             side.rates.append(args.batch_size * args.steps / seconds)
+            side.cpu_rates.append(args.batch_size * args.steps / max(cpu_seconds, 1e-9))
             side.waits.append(wait / seconds)
             if sampler.mean is not None:
                 side.utils.append(sampler.mean)
             util = f", GPU {sampler.mean:.0f}%" if sampler.mean is not None else ""
             print(
-                f"  {arch} {size} px {side.name}: {side.rates[-1]:,.1f} img/s "
-                f"(wait {side.waits[-1]:.0%}{util})",
+                f"  {arch} {size} px {side.name}: {side.rates[-1]:,.1f} img/s, "
+                f"{side.cpu_rates[-1]:,.1f} per CPU s (wait {side.waits[-1]:.0%}{util})",
                 flush=True,
             )
     for side in sides.values():
@@ -427,9 +433,8 @@ def main(argv: list[str] | None = None) -> None:
                 torch.cuda.empty_cache()
 
     gpu = device.type == "cuda"
-    print(
-        f"{'arch':<9} {'size':>4} {'side':<16} {'img/s':>8} {'wait':>5}" + (" GPU" if gpu else "")
-    )
+    extra = " GPU" if gpu else f" {'per CPU s':>10}"
+    print(f"{'arch':<9} {'size':>4} {'side':<16} {'img/s':>8} {'wait':>5}" + extra)
 
     def util(side: Side) -> str:
         return f" {np.mean(side.utils):3.0f}%" if side.utils else "  n/a"
@@ -438,15 +443,22 @@ def main(argv: list[str] | None = None) -> None:
         for side in sides.values():
             best = int(np.argmax(side.rates))
             line = f"{arch:<9} {size:>4} {side.name:<16} {side.rates[best]:>8,.1f}"
-            print(line + f" {side.waits[best]:>5.0%}" + (util(side) if gpu else ""))
+            cpu = f" {np.median(side.cpu_rates):>10,.1f}"  # the median: see round_ratio
+            print(line + f" {side.waits[best]:>5.0%}" + (util(side) if gpu else cpu))
 
     def geo(values: list[float]) -> float:
         return math.exp(sum(math.log(v) for v in values) / len(values))
 
+    def round_ratio(a: Side, b: Side) -> float:
+        """The median over rounds of a's rate / b's in the same round (adjacent in time); on
+        the CPU of images per CPU second, which other jobs on the machine barely move."""
+        ra, rb = (a.rates, b.rates) if gpu else (a.cpu_rates, b.cpu_rates)
+        return float(np.median([x / y for x, y in zip(ra, rb, strict=True)]))
+
     names = [f"project {p.name}" for p in args.precision_list]
     if len(names) > 1:
         a, b = names[1], names[0]
-        ratios = [max(sides[a].rates) / max(sides[b].rates) for _, _, sides in rows]
+        ratios = [round_ratio(sides[a], sides[b]) for _, _, sides in rows]
         per = ", ".join(
             f"{arch} {size} px {r:.2f}" for (arch, size, _), r in zip(rows, ratios, strict=True)
         )

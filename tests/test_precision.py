@@ -393,3 +393,16 @@ def test_the_train_flow_passes_the_precision_flag_to_its_stages(prefect_api, tmp
     config = cli.parse_run_config(["--competition", "planet", *argv, "--precision", "bf16"])
     summary = train(config.for_stage(TrainConfig).model_copy(update={"recipe": TINY}))
     assert [st["precision"] for st in summary["stages"]] == ["bf16"]
+
+
+def test_predict_probs_runs_at_the_precision_given():
+    from planet.infer.tta import predict_probs
+
+    m, x = model(FlatNet), torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    fp32 = predict_probs(m, x, "multi_label", tta=False, precision=Precision("fp32", "cpu"))
+    bf16 = predict_probs(m, x, "multi_label", tta=False, precision=Precision("bf16", "cpu"))
+    assert fp32.dtype == bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16)  # the forward really ran in bf16
+    torch.testing.assert_close(bf16, fp32, atol=2e-2, rtol=0)
+    default = predict_probs(m, x, "multi_label", tta=False)  # auto on the CPU
+    assert torch.equal(default, fp32 if choose_precision("cpu").name == "fp32" else bf16)

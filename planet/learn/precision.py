@@ -13,16 +13,16 @@ gradient scaler).
     bf16       CUDA or CPU                                  bf16 autocast (emulated, slowly,
                                                             where the hardware lacks it)
     fp16       CUDA                                         fp16 autocast + GradScaler
-    fp16       CPU                                          an error (no fp16 matmuls there)
+    fp16       CPU                                          an error (fp16 is for GPUs: use bf16)
 
 "Native bf16" on CUDA is `torch.cuda.is_bf16_supported(including_emulation=False)`'s test
 (compute capability >= 8) asked of the device itself, not of the current one; on the CPU it is
 the `avx512_bf16` / `amx_bf16` (x86) or `bf16` (ARM) flag of `torch.cpu.get_capabilities()`.
 
-CPU_AUTO: on a CPU with native bf16, `auto` could pick bf16 (1.2-1.7x faster steps were
-measured on the development machine's AVX512-BF16 EPYC), but the demo's validation metric
-measured lower with it (bench/README.md, "Precision"), so `auto` keeps the CPU at fp32;
-`bf16` asks for it.
+CPU_AUTO: `auto` keeps the CPU at fp32 even where it has native bf16. On the development
+machine's AVX512-BF16 EPYC (2 cores, shared) bf16 autocast measured no faster than fp32 for a
+resnet18 training step, and the demo's validation F2 lower with it (bench/README.md,
+"Precision"); `--precision bf16` asks for it.
 """
 
 from __future__ import annotations
