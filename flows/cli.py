@@ -143,7 +143,7 @@ def demo(
     ] = "mean",
     precision: Annotated[
         Literal["auto", "fp32", "bf16", "fp16"],
-        Parameter(help="training and prediction precision (auto: fp32 on the CPU)"),
+        Parameter(help="training and prediction precision (auto: bf16 on CPUs with bf16)"),
     ] = "auto",
     train: Sizes = None,
     test: Sizes = None,

@@ -130,7 +130,8 @@ class ComputeOptions(Options):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="Training and prediction precision: auto = bf16 on GPUs with native bf16 "
-        "(A100, L4, H100...), fp16 with loss scaling on the others (T4), fp32 on the CPU.",
+        "(A100, L4, H100...), fp16 with loss scaling on the others (T4); on the CPU bf16 where "
+        "it has native bf16 (AVX512-BF16, AMX), else fp32.",
     )
     concurrency_limit: str | None = Field(
         None,

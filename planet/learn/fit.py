@@ -19,8 +19,8 @@ dropout draws from, so on the CPU a resumed run ends with the same history as an
 one.
 
 Precision is `planet.learn.precision.choose_precision`'s one decision (bf16 autocast on GPUs
-with native bf16, fp16 with a `GradScaler` on the others, fp32 on the CPU unless asked), the
-same for the LR finder, validation and prediction. On CUDA cuDNN autotunes its kernels for the
+with native bf16, fp16 with a `GradScaler` on the others, bf16 on CPUs with native bf16, else
+fp32), the same for the LR finder, validation and prediction. On CUDA cuDNN autotunes its kernels for the
 fixed batch shapes (`cudnn.benchmark`) and, when asked, the model is `torch.compile`d; each
 epoch's first step (compilation, autotuning) is timed apart (`first_step_s`) from its images/s.
 
