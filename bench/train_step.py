@@ -1,8 +1,10 @@
 """Benchmark: images per second of whole training steps (batch loading included), this
-project's loop against a plain PyTorch loop, for resnet18/34 at 64 and 128 px.
+project's loop against a plain PyTorch loop, for resnet18/34 at 64 and 128 px, and the
+project's loop at each precision side by side.
 
     .venv/bin/python bench/train_step.py [--archs resnet18,resnet34] [--sizes 64,128]
         [--batch-size 32] [--steps 4] [--warmup 1] [--repeat 2] [--quick]
+        [--precisions fp32,bf16] [--no-reference]
 
 The images are `--images` synthetic 256 px Planet chips (`planet.synthetic`), built once and
 cached under `$TMPDIR/planet-bench-train-step/` like `bench/loader.py` builds them: one
@@ -19,7 +21,9 @@ pretrained=False)`, a fresh instance from the same seed on each side):
   in threads) feeding `planet.learn.fit._train_step` with `make_optimizer` (AdamW per layer group)
   and BCE-with-logits on the multi-hot targets: what `fit_one_cycle` runs per batch (less the
   scheduler step). As the train stage runs: channels_last model and batches on every device
-  (measured +15-25% per step on this CPU), bf16 autocast on CUDA;
+  (measured +15-25% per step on this CPU). One project side per `--precisions` entry
+  (`planet.learn.precision`: fp32, bf16 autocast, fp16 autocast with a GradScaler; default
+  fp32 and bf16 on the CPU, bf16 and fp16 on CUDA, where `auto` picks one of them by the GPU);
 - reference: `DataLoader(ImageFolder(root, RandomHorizontalFlip, ToTensor, Normalize),
   shuffle=True, drop_last=True, num_workers=--workers, persistent_workers=True)` (worker
   start-up not counted; no pinned memory), `torch.optim.AdamW(model.parameters())` and
@@ -27,15 +31,20 @@ pretrained=False)`, a fresh instance from the same seed on each side):
   ImageFolder labels are single class indices (the weather tag), hence cross-entropy: on 17
   logits per image its cost next to BCE is nothing beside a resnet's forward and backward.
 
-Each side runs `--warmup` steps, then `--repeat` rounds, alternating project and reference,
-of `--steps` timed steps each (the iterators, models and optimisers carry on from round to
+Each side runs `--warmup` steps, then `--repeat` rounds, alternating the sides (so the
+precisions are interleaved: a shared machine's slow spells fall on all of them alike), of
+`--steps` timed steps each (the iterators, models and optimisers carry on from round to
 round); images/s = batch * steps / seconds, best round per side (noise on a shared machine
 only adds time). `wait` is the share of a side's timed seconds spent waiting for its next
 batch. On CUDA the timing is synchronised and `nvidia-smi`'s GPU utilisation is sampled in a
 background thread while each side runs (mean of the samples, `n/a` when it cannot be read).
 
-The last line is `train_step ratio=<geometric mean over the configurations of project images/s
-/ reference images/s>`.
+The last lines are `precision <a>/<b> ratio=<geometric mean over the configurations of the
+second precision's rate / the first's>` (per configuration the median over rounds of the two
+sides' ratio in the same round; on the CPU of images per CPU second of this process, which a
+shared machine's other jobs barely move, where wall-clock rates varied 10x under load) and `train_step ratio=<geometric mean over the configurations of project
+images/s (at the precision `auto` picks here) / reference images/s>` (this one only with the
+reference side, and `auto`'s precision among `--precisions`).
 
 Measured on the 2-core development machine while another job used about one core (two full
 runs, ~3.5-4 min each): project / reference images/s resnet18 64 px 40.7 / 37.5 and 34.6 /
@@ -76,6 +85,7 @@ from planet.learn.augment import Augment
 from planet.learn.fit import _train_step, loss_function, make_optimizer, resolve_device
 from planet.learn.loader import Loader
 from planet.learn.model import create_model
+from planet.learn.precision import REQUESTS, Precision, choose_precision
 from planet.resize.split import resize_split
 from planet.store.sized import read_images
 from planet.synthetic.planet_amazon import (
@@ -206,6 +216,7 @@ class Side:
     batches: Generator[tuple[torch.Tensor, torch.Tensor], None, None] | None
     step: Callable[[torch.Tensor, torch.Tensor], None] | None
     rates: list[float] = field(default_factory=list)
+    cpu_rates: list[float] = field(default_factory=list)  # images per CPU second (this process)
     waits: list[float] = field(default_factory=list)
     utils: list[float] = field(default_factory=list)
 
@@ -221,7 +232,9 @@ def forever(loader: Any) -> Generator[Any, None, None]:
         yield from loader
 
 
-def project_side(sized: Path, arch: str, device: torch.device, args: argparse.Namespace) -> Side:
+def project_side(
+    sized: Path, arch: str, device: torch.device, args: argparse.Namespace, precision: Precision
+) -> Side:
     data = read_images(sized)
     loader = Loader(
         data,
@@ -240,11 +253,12 @@ def project_side(sized: Path, arch: str, device: torch.device, args: argparse.Na
     model.train()
     optimizer = make_optimizer(model, [LR] * len(model.param_groups()))
     loss_fn = loss_function("multi_label")
+    scaler = precision.scaler()
 
     def step(images: torch.Tensor, targets: torch.Tensor) -> None:
-        _train_step(model, images, targets, loss_fn, optimizer, amp=True)  # amp: CUDA only
+        _train_step(model, images, targets, loss_fn, optimizer, precision, scaler)
 
-    return Side("project", forever(loader), step)
+    return Side(f"project {precision.name}", forever(loader), step)
 
 
 def reference_side(
@@ -283,13 +297,15 @@ def reference_side(
     return Side("reference", forever(loader), step)
 
 
-def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, float]:
-    """(seconds, seconds waiting for batches) of `steps` training steps."""
+def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, float, float]:
+    """(seconds, seconds waiting for batches, CPU seconds of this process) of `steps` training
+    steps."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
     assert side.batches is not None and side.step is not None
     wait = 0.0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for _ in range(steps):
         t1 = time.perf_counter()
@@ -298,7 +314,7 @@ def run_steps(side: Side, steps: int, device: torch.device) -> tuple[float, floa
         side.step(images, targets)
     if cuda:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0, wait
+    return time.perf_counter() - t0, wait, time.process_time() - c0
 
 
 def bench_config(
@@ -310,24 +326,27 @@ def bench_config(
     args: argparse.Namespace,
 ) -> dict[str, Side]:
     sized, folder_root = paths
-    sides = {
-        "project": project_side(sized, arch, device, args),
-        "reference": reference_side(folder_root, arch, device, args),
-    }
+    sides = {}
+    for precision in args.precision_list:
+        side = project_side(sized, arch, device, args, precision)
+        sides[side.name] = side
+    if args.reference:
+        sides["reference"] = reference_side(folder_root, arch, device, args)
     for side in sides.values():  # warm-up: worker start-up, allocator, cuDNN choices
         run_steps(side, args.warmup, device)
     for _ in range(args.repeat):
         for side in sides.values():
             with sampler:
-                seconds, wait = run_steps(side, args.steps, device)
+                seconds, wait, cpu_seconds = run_steps(side, args.steps, device)
             side.rates.append(args.batch_size * args.steps / seconds)
+            side.cpu_rates.append(args.batch_size * args.steps / max(cpu_seconds, 1e-9))
             side.waits.append(wait / seconds)
             if sampler.mean is not None:
                 side.utils.append(sampler.mean)
             util = f", GPU {sampler.mean:.0f}%" if sampler.mean is not None else ""
             print(
-                f"  {arch} {size} px {side.name}: {side.rates[-1]:,.1f} img/s "
-                f"(wait {side.waits[-1]:.0%}{util})",
+                f"  {arch} {size} px {side.name}: {side.rates[-1]:,.1f} img/s, "
+                f"{side.cpu_rates[-1]:,.1f} per CPU s (wait {side.waits[-1]:.0%}{util})",
                 flush=True,
             )
     for side in sides.values():
@@ -351,6 +370,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda")
     parser.add_argument(
+        "--precisions",
+        default=None,
+        help="comma-separated project sides: fp32, bf16, fp16, auto (CPU fp32,bf16; CUDA "
+        "bf16,fp16)",
+    )
+    parser.add_argument(
+        "--reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the plain PyTorch loop",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="resnet18 at 64 px only, few steps (smoke test)"
     )
     parser.add_argument(
@@ -370,6 +401,15 @@ def main(argv: list[str] | None = None) -> None:
         args.steps, args.warmup, args.repeat = min(args.steps, 3), min(args.warmup, 1), 1
     if args.images < args.batch_size:
         parser.error(f"--images {args.images} is less than one batch of {args.batch_size}")
+    wanted = (args.precisions or ("bf16,fp16" if cuda else "fp32,bf16")).split(",")
+    try:
+        chosen = [choose_precision(device, p.strip()) for p in wanted if p.strip()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.precision_list = list(dict.fromkeys(chosen))  # auto may repeat an explicit one
+    if not args.precision_list:
+        parser.error(f"--precisions: a comma-separated list of {', '.join(REQUESTS)}")
+    auto = choose_precision(device)
 
     paths = build(args.images, sizes, args.cache)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -387,33 +427,48 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for arch in archs:
         for size in sizes:
-            sides = bench_config(arch, size, paths[size], device, sampler, args)
-            p, r = sides["project"], sides["reference"]
-            rows.append((arch, size, p, r, max(p.rates) / max(r.rates)))
-            del sides
+            rows.append((arch, size, bench_config(arch, size, paths[size], device, sampler, args)))
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
     gpu = device.type == "cuda"
-    head = f"{'arch':<9} {'size':>4} {'project img/s':>14} {'wait':>5}"
-    head += f" {'GPU':>4}" if gpu else ""
-    head += f" {'reference img/s':>16} {'wait':>5}"
-    head += f" {'GPU':>4}" if gpu else ""
-    print(head + f" {'ratio':>6}")
+    extra = " GPU" if gpu else f" {'per CPU s':>10}"
+    print(f"{'arch':<9} {'size':>4} {'side':<16} {'img/s':>8} {'wait':>5}" + extra)
 
     def util(side: Side) -> str:
         return f" {np.mean(side.utils):3.0f}%" if side.utils else "  n/a"
 
-    for arch, size, p, r, ratio in rows:
-        best_p, best_r = int(np.argmax(p.rates)), int(np.argmax(r.rates))
-        line = f"{arch:<9} {size:>4} {p.rates[best_p]:>14,.1f} {p.waits[best_p]:>5.0%}"
-        line += util(p) if gpu else ""
-        line += f" {r.rates[best_r]:>16,.1f} {r.waits[best_r]:>5.0%}"
-        line += util(r) if gpu else ""
-        print(line + f" {ratio:>6.2f}")
-    geo = math.exp(sum(math.log(row[4]) for row in rows) / len(rows))
-    print(f"train_step ratio={geo:.3f}")
+    for arch, size, sides in rows:
+        for side in sides.values():
+            best = int(np.argmax(side.rates))
+            line = f"{arch:<9} {size:>4} {side.name:<16} {side.rates[best]:>8,.1f}"
+            cpu = f" {np.median(side.cpu_rates):>10,.1f}"  # the median: see round_ratio
+            print(line + f" {side.waits[best]:>5.0%}" + (util(side) if gpu else cpu))
+
+    def geo(values: list[float]) -> float:
+        return math.exp(sum(math.log(v) for v in values) / len(values))
+
+    def round_ratio(a: Side, b: Side) -> float:
+        """The median over rounds of a's rate / b's in the same round (adjacent in time); on
+        the CPU of images per CPU second, which other jobs on the machine barely move."""
+        ra, rb = (a.rates, b.rates) if gpu else (a.cpu_rates, b.cpu_rates)
+        return float(np.median([x / y for x, y in zip(ra, rb, strict=True)]))
+
+    names = [f"project {p.name}" for p in args.precision_list]
+    if len(names) > 1:
+        a, b = names[1], names[0]
+        ratios = [round_ratio(sides[a], sides[b]) for _, _, sides in rows]
+        per = ", ".join(
+            f"{arch} {size} px {r:.2f}" for (arch, size, _), r in zip(rows, ratios, strict=True)
+        )
+        print(f"{a.split()[1]} / {b.split()[1]}: {per}")
+        print(f"precision {a.split()[1]}/{b.split()[1]} ratio={geo(ratios):.3f}")
+    ours = f"project {auto.name}"
+    if args.reference and ours in names:
+        ratios = [max(sides[ours].rates) / max(sides["reference"].rates) for *_, sides in rows]
+        print(f"project at {auto.name} (auto here) / reference")
+        print(f"train_step ratio={geo(ratios):.3f}")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,10 @@ def demo(
     combine: Annotated[
         Literal["mean", "stack", "best"], Parameter(help="how an ensemble's members combine")
     ] = "mean",
+    precision: Annotated[
+        Literal["auto", "fp32", "bf16", "fp16"],
+        Parameter(help="training and prediction precision (auto: bf16 on CPUs with bf16)"),
+    ] = "auto",
     train: Sizes = None,
     test: Sizes = None,
     additional: Annotated[int | None, Parameter(help="Planet test-jpg-additional images")] = None,
@@ -175,6 +179,7 @@ def demo(
         stages=list(stages),
         folds=folds,
         combine=combine,
+        precision=precision,
     )
     print(epoch_table(summary))
     for key in ("val_metric_default", "val_metric_tuned", "val_metric_crossfit", "score"):

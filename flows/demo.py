@@ -83,10 +83,12 @@ def run_demo(
     stages: list[str] | None = None,
     folds: int = 1,
     combine: str = "mean",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Generate (unless kaggle_root is given), serve locally, run the pipeline (submitting to
     the local server, whose grader scores the hidden labels); return its summary. `folds`:
-    an ensemble of that many k-fold members of the recipe (combined by `combine`)."""
+    an ensemble of that many k-fold members of the recipe (combined by `combine`);
+    `precision`: training and prediction precision (planet.learn.precision)."""
     from flows.config import PIPELINE_STAGES, PipelineConfig
     from flows.local_api import ensure_api
     from flows.options import ComputeOptions, EnsembleOptions, SubmitOptions
@@ -115,7 +117,7 @@ def run_demo(
             data_dir=str(workdir / "data"),
             kaggle_endpoint=server.url,
             recipe=recipe or named_recipe(resolve(slug).demo_recipe),
-            compute=ComputeOptions(device="cpu"),
+            compute=ComputeOptions(device="cpu", precision=precision),
             ensemble=ensemble,
             submit=SubmitOptions(submit=True, score_timeout_s=120),
             stages=list(stages or PIPELINE_STAGES),

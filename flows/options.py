@@ -127,6 +127,12 @@ class ComputeOptions(Options):
 
     device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     workers: int = Field(2, ge=1, le=32, description="Loader threads preparing batches.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Training and prediction precision: auto = bf16 on GPUs with native bf16 "
+        "(A100, L4, H100...), fp16 with loss scaling on the others (T4); on the CPU bf16 where "
+        "it has native bf16 (AVX512-BF16, AMX), else fp32.",
+    )
     concurrency_limit: str | None = Field(
         None,
         description="A Prefect global concurrency limit each training run holds one slot of "

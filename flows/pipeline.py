@@ -95,7 +95,7 @@ def _train_summary(trained: dict[str, Any]) -> dict[str, Any]:
         "epochs": [
             {
                 "stage": st["stage"],
-                **{k: v for k, v in e.items() if k not in ("lr", "images_per_s")},
+                **{k: v for k, v in e.items() if k not in ("lr", "images_per_s", "first_step_s")},
             }
             for st in trained["stages"]
             for e in st["epochs"]

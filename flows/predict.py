@@ -54,6 +54,7 @@ def predict(config: PredictConfig = DEFAULT_CONFIG) -> dict[str, Any]:
                     batch_size=options.batch_size,
                     part_size=options.part_size,
                     fold=member.fold,
+                    precision=config.compute.precision,
                 )
             )
     if len(members) > 1:

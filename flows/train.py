@@ -67,6 +67,7 @@ def train(config: TrainConfig = DEFAULT_CONFIG) -> dict[str, Any]:
                 workers=config.compute.workers,
                 compile_model=config.train.compile,
                 fold=fold,
+                precision=config.compute.precision,
             )
             records.append(previous)
     bundle = export_run(ws=ws, recipe=recipe, last=records[-1], fold=fold)
@@ -108,7 +109,7 @@ def _summary_markdown(summary: dict[str, Any]) -> str:
         metrics = ", ".join(
             f"{k} {v:.4f}"
             for k, v in last.items()
-            if isinstance(v, float) and k not in {"lr", "seconds", "images_per_s"}
+            if isinstance(v, float) and k not in {"lr", "seconds", "images_per_s", "first_step_s"}
         )
         lrs = ", ".join(f"{lr:.2e}" for lr in st["lrs"])
         lines.append(f"| {st['stage']} | {st['describe']} | {lrs} | {metrics} | {st['seconds']} |")

@@ -39,11 +39,17 @@ CODE_VERSION = "1"
             "names_sha256",
             "tta",
             "beta",
+            "precision",
         ],
     ),
-    done=lambda ws, run, split_name, bundle_sha256, tta, beta, **_: ws.predictions(
-        run, split_name
-    ).complete({"bundle_sha256": bundle_sha256}, tta=tta, beta=beta),
+    done=lambda ws, run, split_name, bundle_sha256, tta, beta, precision="auto", **_: (
+        ws.predictions(run, split_name).complete(
+            {"bundle_sha256": bundle_sha256},
+            tta=tta,
+            beta=beta,
+            **({} if precision == "auto" else {"precision": precision}),
+        )
+    ),
 )
 def predict_images(
     ws: Workspace,
@@ -60,10 +66,12 @@ def predict_images(
     batch_size: int = 64,
     part_size: int = predict_lib.PART_SIZE,
     fold: Fold | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Probabilities of a split (`valid`: the validation images of the train shards, or the
     fold a k-fold member held out) with the exported model, averaged over the 8 symmetries of
-    the square."""
+    the square, at `precision` (auto, fp32, bf16, fp16: planet.learn.precision; a finished
+    prediction counts as done for auto whatever precision made it, as for the device)."""
     progress = Progress(f"predict {split_name} at {size}px", unit="images")
     manifest = predict_run_split(
         ws,
@@ -78,13 +86,15 @@ def predict_images(
         part_size=part_size,
         progress=progress,
         fold=fold,
+        precision=precision,
     )
     progress.done()
     get_run_logger().info(
-        "%s: %d images at %dpx, %d parts computed, %d reused",
+        "%s: %d images at %dpx (%s), %d parts computed, %d reused",
         split_name,
         manifest["count"],
         size,
+        manifest.get("precision", "fp32"),
         manifest.get("parts_computed", 0),
         manifest.get("parts_reused", 0),
     )

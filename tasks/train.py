@@ -31,7 +31,7 @@ from tasks.progress import Progress, artifact_key
 
 
 def _metrics_line(row: dict[str, Any]) -> str:
-    skip = {"epoch", "batch_losses", "lr", "seconds", "images_per_s"}
+    skip = {"epoch", "batch_losses", "lr", "seconds", "images_per_s", "first_step_s"}
     parts = [f"{k} {v:.4f}" for k, v in row.items() if k not in skip and isinstance(v, float)]
     return ", ".join(parts)
 
@@ -62,18 +62,19 @@ class StageReport(Callback):
                 fit.resumed_from,
             )
 
-    def after_batch(self, fit: FitState, loss: float) -> None:
+    def after_batch(self, fit: FitState) -> None:
         self.progress(fit.step, fit.total_steps)
 
     def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
         self.logger.info(
-            "stage %d epoch %d/%d: %s (%.1f s, %.0f img/s)",
+            "stage %d epoch %d/%d: %s (%.1f s, %.0f img/s; first step %.1f s)",
             self.index + 1,
             row["epoch"],
             fit.epochs,
             _metrics_line(row),
             row["seconds"],
             row["images_per_s"],
+            row.get("first_step_s", 0.0),
         )
 
     def after_lr_find(self, result: Any) -> None:
@@ -117,10 +118,11 @@ def fit_stage(
     workers: int = 2,
     compile_model: bool = False,
     fold: Fold | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """fast.ai's `fit_one_cycle` for one stage of the recipe (resuming from a checkpoint);
     `previous` is the previous stage's record (its weights and their sha256); `fold` the
-    member's held-out fold."""
+    member's held-out fold; `precision` auto, fp32, bf16 or fp16 (planet.learn.precision)."""
     from planet.learn.model import PretrainedWeightsMissing
 
     logger = get_run_logger()
@@ -143,6 +145,7 @@ def fit_stage(
             compile_model=compile_model,
             callbacks=[report],
             fold=fold,
+            precision=precision,
         )
     report.progress.done()
     run = stages.model_run(ws, recipe, fold)

@@ -56,6 +56,7 @@ SAMPLES: dict[str, tuple[object, list[str]]] = {
     "train_deployment": ("train/gpu", ["train/gpu"]),
     "device": ("cpu", ["cpu"]),
     "workers": (3, ["3"]),
+    "precision": ("fp32", ["fp32"]),
     "concurrency_limit": ("gpu", ["gpu"]),
     "compile": (True, []),
     "tta": (False, []),

@@ -24,6 +24,15 @@ SIZE = 8
 CLASSES = ("cat", "dog", "other")
 
 
+@pytest.fixture(autouse=True)
+def _fp32_on_the_cpu(monkeypatch):
+    """These tests check TTA's arithmetic to 1e-6: in fp32, also on a CPU where `auto` would
+    pick bf16 (the precisions are tests/test_precision.py's)."""
+    from planet.learn import precision
+
+    monkeypatch.setattr(precision, "CPU_AUTO_BF16", False)
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers
 

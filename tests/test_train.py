@@ -240,7 +240,7 @@ def _record(proc) -> dict:
 
 
 def _comparable(history):
-    skip = {"seconds", "images_per_s"}
+    skip = {"seconds", "images_per_s", "first_step_s"}
     return [{k: v for k, v in row.items() if k not in skip} for row in history]
 
 

@@ -25,12 +25,14 @@ removes the parts folder and starts over. At the end the parts are concatenated 
 `probs.parquet` (atomically), `manifest.json` is written last, and the parts folder is deleted.
 
 The config hashed is: format version, task, classes, tta, beta, mean, std, part size, the
-ordered names' sha256 and count, the sized folder's manifest sha256 (its shards' hashes, so
-the pixels) and the caller's `settings` (e.g. `{"bundle_sha256": ...}`; put there whatever
-identifies the model: `state_dict_sha256(model)` when there is no bundle file). Batch size,
-device, channels_last and workers are not in it: they change the last bits of the results at
-most, not what is computed; on one device with one batch size a resumed run is bitwise equal
-to an uninterrupted one.
+precision the forward runs at (fp32, bf16 or fp16: `planet.learn.precision`; a prediction
+resumed on another machine never mixes parts of two precisions), the ordered names' sha256 and
+count, the sized folder's manifest sha256 (its shards' hashes, so the pixels) and the caller's
+`settings` (e.g. `{"bundle_sha256": ...}`; put there whatever identifies the model:
+`state_dict_sha256(model)` when there is no bundle file). Batch size, device, channels_last
+and workers are not in it: they change the last bits of the results at most, not what is
+computed; on one device with one batch size a resumed run is bitwise equal to an
+uninterrupted one.
 
 Memory. The images are memory-mapped (`read_images`: each shard's pages viewed in its file), so
 prediction streams: a part's batches are gathered from the maps as they run, and what stays
@@ -309,6 +311,7 @@ def predict_split(
     settings: dict[str, Any] | None = None,
     part_size: int = PART_SIZE,
     workers: int = 1,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Probabilities of every image of the sized shard folder `folder` (or of the `select`ed
     names, in that order) into `out_dir/probs.parquet`; returns the manifest (see the module
@@ -316,7 +319,9 @@ def predict_split(
 
     The model must already be on `device` (and in channels_last memory if asked). `settings`
     identifies the model (e.g. `{"bundle_sha256": ...}`) and is recorded. `progress(done,
-    total)` is called in images, after each batch (and once for the parts reused)."""
+    total)` is called in images, after each batch (and once for the parts reused).
+    `precision`: auto, fp32, bf16 or fp16 (`planet.learn.precision.choose_precision` for
+    `device`); the one used is in the config hash and the manifest."""
     folder, out_dir = Path(folder), Path(out_dir)
     check_task(task)
     classes = check_classes(classes)
@@ -325,10 +330,13 @@ def predict_split(
         raise ValueError("batch_size and part_size must be >= 1")
     import torch
 
+    from planet.learn.fit import enable_cudnn_autotune
     from planet.learn.loader import Loader
+    from planet.learn.precision import choose_precision
     from planet.store.sized import read_images
 
     device = torch.device(device)
+    chosen = choose_precision(device, precision)
     sized = read_sized_manifest(folder)
     if select is not None:
         names = list(select)
@@ -349,6 +357,7 @@ def predict_split(
             "mean": list(mean),
             "std": list(std),
             "part_size": part_size,
+            "precision": chosen.name,
             "count": n,
             "names_sha256": _names_sha256(names),
             "source_sha256": sha256_json(sized),
@@ -384,6 +393,7 @@ def predict_split(
             progress(images_done, n)
         if todo:
             _check_device(model, device)
+            enable_cudnn_autotune(device)
             data = read_images(folder)
             indices = data.indices(names)  # KeyError naming images not in the folder
             with eval_mode(model):
@@ -402,7 +412,9 @@ def predict_split(
                     out = np.empty((b - a, len(classes)), dtype=np.float32)
                     pos = 0
                     for images, _ in loader:
-                        probs = predict_probs(model, images, task, tta=tta, beta=beta)
+                        probs = predict_probs(
+                            model, images, task, tta=tta, beta=beta, precision=chosen
+                        )
                         if probs.ndim != 2 or probs.shape[1] != len(classes):
                             raise ValueError(
                                 f"the model gives {tuple(probs.shape)} outputs for "
@@ -429,6 +441,7 @@ def predict_split(
             "tta": bool(tta),
             "tta_views": config["tta_views"],
             "beta": beta,
+            "precision": chosen.name,
             "settings": settings,
             "source": {"folder": str(folder), "sha256": config["source_sha256"]},
             "names_sha256": config["names_sha256"],

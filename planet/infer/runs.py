@@ -93,10 +93,12 @@ def predict_run_split(
     part_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     fold: Fold | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Probabilities of a split with the run's exported bundle (`bundle`, relative to the
-    competition folder), averaged over the 8 symmetries of the square; its manifest. A k-fold
-    member's `valid` is the fold it held out (`fold`)."""
+    competition folder), averaged over the 8 symmetries of the square, at `precision` (auto,
+    fp32, bf16, fp16); its manifest. A k-fold member's `valid` is the fold it held out
+    (`fold`)."""
     import torch
 
     from planet.infer.predict import PART_SIZE, predict_split
@@ -123,6 +125,7 @@ def predict_run_split(
         progress=progress,
         channels_last=True,
         settings={"bundle_sha256": bundle_sha256},
+        precision=precision,
     )
     manifest.pop("source", None)  # holds an absolute folder path
     return manifest

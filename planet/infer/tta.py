@@ -2,8 +2,9 @@
 
 The activation follows the task: sigmoid per class for `multi_label` (Planet, 17 tags),
 softmax over the classes for `single_label` (Dogs vs Cats). Logits are cast to float32 before
-the activation; on CUDA the forward runs under bf16 autocast (when the GPU supports bf16). The
-model is put in eval mode for the call and given back in the mode it came in; gradients are off
+the activation; the forward runs at the precision `planet.learn.precision.choose_precision`
+decides for the images' device (bf16 or fp16 autocast on CUDA, fp32 on the CPU), or the one
+given. The model is put in eval mode for the call and given back in the mode it came in; gradients are off
 (`torch.no_grad`, not `inference_mode`, so the caller may use the result anywhere).
 
 TTA. Our augmented set is the 8 symmetries of the square, `planet.learn.augment.dihedral(x, k)` for
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # torch loads when something is predicted
     import torch
     from torch import nn
 
+    from planet.learn.precision import Precision
+
 Task = TaskType
 TTA_VIEWS = 8  # the symmetries of the square, `dihedral(x, k)` for k in 0..7
 
@@ -83,8 +86,10 @@ def predict_probs(
     task: Task,
     tta: bool = True,
     beta: float | None = None,
+    precision: Precision | None = None,
 ) -> torch.Tensor:
-    """float32 probabilities (n, C), on the images' device, of a normalised float NCHW batch.
+    """float32 probabilities (n, C), on the images' device, of a normalised float NCHW batch,
+    the forward at `precision` (None: `choose_precision`'s auto for the images' device).
 
     Without `tta`: activation(model(x)). With `tta`: the mean over the 8 symmetries
     `dihedral(x, k)` of activation(model(view)); with `beta` as well:
@@ -92,11 +97,13 @@ def predict_probs(
     import torch
 
     from planet.learn.augment import dihedral
-    from planet.learn.fit import activation, autocast
+    from planet.learn.fit import activation
+    from planet.learn.precision import choose_precision
 
     check_task(task)
     beta = check_beta(beta, tta)
-    with torch.no_grad(), eval_mode(model), autocast(images.device):
+    precision = precision or choose_precision(images.device)
+    with torch.no_grad(), eval_mode(model), precision.autocast():
         plain = activation(task, model(images).float())
         if not tta:
             return plain

@@ -6,7 +6,9 @@
     HookEvents    the library's `train.batch` / `train.epoch` events (planet.hooks)
 
 A stage (planet.learn.stages) also tells its callbacks when the LR finder has swept
-(`after_lr_find`).
+(`after_lr_find`). The training losses stay on the device while the loop runs: `after_batch`
+(every step) carries none, `after_losses` hears them when the loop reads them (every
+`loss_every` steps and at the epoch's end: one host sync instead of one per step).
 
 A callback overrides the events it needs; `fit_one_cycle` calls them in list order, so a
 checkpoint is on disk before anyone hears the epoch ended. A checkpoint holds the model,
@@ -66,8 +68,12 @@ class Callback:
     def before_batch(self, fit: FitState) -> None:
         """Before the training step `fit.step`."""
 
-    def after_batch(self, fit: FitState, loss: float) -> None:
-        """After the training step `fit.step`."""
+    def after_batch(self, fit: FitState) -> None:
+        """After the training step `fit.step` (its loss is not read yet: `after_losses`)."""
+
+    def after_losses(self, fit: FitState, losses: list[float]) -> None:
+        """The training losses of the steps since the last read, the last one `fit.step`'s
+        (every `loss_every` steps, after the epoch's first step and at the epoch's end)."""
 
     def after_epoch(self, fit: FitState, row: dict[str, Any]) -> None:
         """After validating epoch `fit.epoch` (its row is the last of `fit.history`)."""
@@ -201,7 +207,7 @@ class BatchProgress(Callback):
     def __init__(self, fn: BatchCallback) -> None:
         self.fn = fn
 
-    def after_batch(self, fit: FitState, loss: float) -> None:
+    def after_batch(self, fit: FitState) -> None:
         self.fn(fit.step, fit.total_steps)
 
 

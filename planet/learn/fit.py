@@ -18,9 +18,15 @@ order and augmentation from (seed, epoch, batch) and the checkpoint restores the
 dropout draws from, so on the CPU a resumed run ends with the same history as an uninterrupted
 one.
 
-On CUDA: bf16 autocast (no loss scaling needed) and, when asked, channels_last and
-`torch.compile`. On the CPU autocast is off (bf16 matmuls are slower there and would change
-the numbers); channels_last still works and is tested.
+Precision is `planet.learn.precision.choose_precision`'s one decision (bf16 autocast on GPUs
+with native bf16, fp16 with a `GradScaler` on the others, bf16 on CPUs with native bf16, else
+fp32), the same for the LR finder, validation and prediction. On CUDA cuDNN autotunes its kernels for the
+fixed batch shapes (`cudnn.benchmark`) and, when asked, the model is `torch.compile`d; each
+epoch's first step (compilation, autotuning) is timed apart (`first_step_s`) from its images/s.
+
+Losses stay on the device: the loop reads them every `loss_every` steps (one host sync then,
+not one per step) and at the epoch's end; `Callback.after_losses` hears them there, while
+`after_batch` (progress) is still called after every step.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +60,7 @@ from planet.learn.callbacks import (
 )
 from planet.learn.loader import Loader
 from planet.learn.metrics import epoch_metrics
+from planet.learn.precision import Precision, choose_precision
 
 Task = TaskType
 BETAS = (0.9, 0.99)
@@ -60,6 +68,7 @@ PCT_START = 0.3
 DIV_FACTOR = 25.0
 FINAL_DIV_FACTOR = 1e4
 MOMENTUMS = (0.95, 0.85)
+LOSS_EVERY = 20  # training losses are read from the device every this many steps
 
 
 def loss_function(task: Task) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -133,12 +142,22 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return with_cuda_index(dev)
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on a CUDA device that supports bf16 (training and prediction alike);
-    nothing on other devices."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def precision_for(
+    device: torch.device, precision: str | Precision = "auto", amp: bool = True
+) -> Precision:
+    """`precision` (a request: auto, fp32, bf16, fp16; or a decision) for `device`; `amp=False`,
+    the older switch, means fp32."""
+    if isinstance(precision, Precision):
+        return precision
+    return choose_precision(device, precision if amp else "fp32")
+
+
+def enable_cudnn_autotune(device: torch.device) -> bool:
+    """On CUDA let cuDNN pick its fastest kernels for the (fixed) batch shapes; whether it did."""
+    if torch.device(device).type != "cuda":
+        return False
+    torch.backends.cudnn.benchmark = True
+    return True
 
 
 @dataclass
@@ -154,19 +173,29 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Loader, task: Task, *, amp: bool = True) -> Evaluation:
-    """Loss and probabilities of `loader`'s images in eval mode (training mode restored)."""
+def evaluate(
+    model: nn.Module,
+    loader: Loader,
+    task: Task,
+    *,
+    precision: str | Precision = "auto",
+    amp: bool = True,
+) -> Evaluation:
+    """Loss and probabilities of `loader`'s images in eval mode (training mode restored), the
+    forward at `precision` (see `precision_for`)."""
     loss_fn = loss_function(task)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     probs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    chosen: Precision | None = None
     try:
         for images, y in loader:
             if y is None:
                 raise ValueError("evaluate needs labelled images")
-            with autocast(images.device, amp):
+            chosen = chosen or precision_for(images.device, precision, amp)
+            with chosen.autocast():
                 logits = model(images)
             logits = logits.float()
             total += float(loss_fn(logits, y)) * len(y)
@@ -186,15 +215,60 @@ def _train_step(
     targets: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    amp: bool,
-) -> float:
-    with autocast(images.device, amp):
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
+) -> torch.Tensor:
+    """One optimiser step; the loss, detached, still on the device (reading it is a host sync).
+    With fp16 the loss is scaled and a step whose gradients overflowed is skipped (`scaler`:
+    `precision.scaler()`, a pass-through otherwise)."""
+    with precision.autocast():
         logits = model(images)
     loss = loss_fn(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)  # (unscale_ first, were gradients ever clipped)
+    scaler.update()
+    return loss.detach()
+
+
+def _schedule_step(scheduler: torch.optim.lr_scheduler.LRScheduler, scaled: bool) -> None:
+    """`scheduler.step()`; with fp16 the first optimiser steps may be skipped (the scaler
+    finding its scale), which torch would report as a scheduler stepped before the optimiser."""
+    if not scaled:
+        scheduler.step()
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        scheduler.step()
+
+
+def _read_losses(
+    pending: list[torch.Tensor],
+    batch_losses: list[float],
+    fit: FitState,
+    cbs: Sequence[Callback],
+    lrs: list[float],
+) -> None:
+    """One host sync: the `pending` losses (emptied) checked, onto `batch_losses`, to the
+    callbacks' `after_losses`."""
+    losses = torch.stack(pending).tolist()
+    pending.clear()
+    for i, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {fit.epoch + 1}, batch "
+                f"{len(batch_losses) + i + 1}: the learning rates {lrs} are too high for this "
+                "stage"
+            )
+    batch_losses.extend(losses)
+    for cb in cbs:
+        cb.after_losses(fit, losses)
+
+
+def _optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """Steps the optimiser has taken (AdamW counts them per parameter; skipped ones are not)."""
+    steps = [state["step"] for state in optimizer.state.values() if "step" in state]
+    return int(max(float(s) for s in steps)) if steps else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,19 +294,25 @@ def fit_one_cycle(
     callbacks: Sequence[Callback] = (),
     checkpoint_dir: Path | None = None,
     key: str = "",
+    precision: str | Precision = "auto",
     amp: bool = True,
     on_epoch: EpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     step_model: nn.Module | None = None,
+    loss_every: int = LOSS_EVERY,
 ) -> FitResult:
     """Train `model` for `epochs` of one cycle at `lrs` (one per layer group); returns the
     per-epoch history. `callbacks` hook into the loop (planet.learn.callbacks); the keywords
     are shorthands for the usual ones: `checkpoint_dir` + `key` checkpoint every epoch and
     resume (`Checkpoints`), `on_epoch(row)` and `on_batch(step, total)` are called after each
-    epoch and batch. `step_model` (e.g. a `torch.compile`d `model`) runs the steps when given;
-    `model` owns the weights."""
+    epoch and batch. `precision`: auto, fp32, bf16, fp16 or a `Precision` (see
+    planet.learn.precision; `amp=False` means fp32). `step_model` (e.g. a `torch.compile`d
+    `model`) runs the steps when given; `model` owns the weights. The training losses are read
+    from the device every `loss_every` steps."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if loss_every < 1:
+        raise ValueError(f"loss_every must be >= 1, got {loss_every}")
     loss_fn = loss_function(task)
     runner = step_model or model
     steps_per_epoch = len(train)
@@ -241,8 +321,13 @@ def fit_one_cycle(
             f"no training batch: {len(train.indices)} images for batch size {train.batch_size} "
             "(with drop_last); lower the stage's batch_size"
         )
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    chosen = precision_for(device, precision, amp)
+    enable_cudnn_autotune(device)
     optimizer = make_optimizer(model, lrs, weight_decay)
     scheduler = make_one_cycle(optimizer, lrs, epochs * steps_per_epoch)
+    scaler = chosen.scaler()
     fit = FitState(model, optimizer, scheduler, epochs, steps_per_epoch)
     cbs: list[Callback] = [Checkpoints(checkpoint_dir, key)] if checkpoint_dir else []
     cbs += list(callbacks)
@@ -254,35 +339,44 @@ def fit_one_cycle(
         cbs.append(HookEvents("fit"))
     for cb in cbs:
         cb.before_fit(fit)
+    optimizer_steps = _optimizer_steps(optimizer)
     for epoch in range(fit.epoch, epochs):
         t0 = time.perf_counter()
         model.train()
         batch_losses: list[float] = []
+        pending: list[torch.Tensor] = []  # losses still on the device
+        first_step_s = 0.0
         for b, (images, targets) in enumerate(train.iter_epoch(epoch)):
             fit.step = epoch * steps_per_epoch + b + 1
             for cb in cbs:
                 cb.before_batch(fit)
-            loss = _train_step(runner, images, targets, loss_fn, optimizer, amp)
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss} at epoch {epoch + 1}, batch {b + 1}: "
-                    f"the learning rates {lrs} are too high for this stage"
-                )
-            scheduler.step()
-            batch_losses.append(loss)
+            pending.append(_train_step(runner, images, targets, loss_fn, optimizer, chosen, scaler))
+            _schedule_step(scheduler, chosen.scaled)
             for cb in cbs:
-                cb.after_batch(fit, loss)
+                cb.after_batch(fit)
+            if b == 0 or len(pending) >= loss_every:  # the first read times the first step
+                _read_losses(pending, batch_losses, fit, cbs, lrs)
+            if b == 0:
+                first_step_s = time.perf_counter() - t0
+        if pending:
+            _read_losses(pending, batch_losses, fit, cbs, lrs)
         train_seconds = time.perf_counter() - t0
-        result = evaluate(model, valid, task, amp=amp)
+        result = evaluate(model, valid, task, precision=chosen)
+        steps = len(batch_losses)
+        rest = (steps - 1, train_seconds - first_step_s) if steps > 1 else (1, first_step_s)
+        taken = _optimizer_steps(optimizer)
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(batch_losses)),
             **result.metrics(task),
             "lr": float(optimizer.param_groups[-1]["lr"]),
             "seconds": round(time.perf_counter() - t0, 2),
-            "images_per_s": round(len(batch_losses) * train.batch_size / train_seconds, 1),
+            "images_per_s": round(rest[0] * train.batch_size / max(rest[1], 1e-9), 1),
+            "first_step_s": round(first_step_s, 3),
+            **({"skipped_steps": steps - (taken - optimizer_steps)} if chosen.scaled else {}),
             "batch_losses": batch_losses,
         }
+        optimizer_steps = taken
         fit.history.append(row)
         fit.epoch = epoch + 1
         for cb in cbs:

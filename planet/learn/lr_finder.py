@@ -28,9 +28,11 @@ from planet.learn.fit import (
     loss_function,
     make_optimizer,
     param_groups,
+    precision_for,
     preserved,
 )
 from planet.learn.loader import Loader
+from planet.learn.precision import Precision
 
 SKIP_START = 10
 SKIP_END = 5
@@ -105,10 +107,12 @@ def lr_find(
     num_it: int = 100,
     weight_decay: float = 1e-2,
     stop_div: bool = True,
+    precision: str | Precision = "auto",
     amp: bool = True,
 ) -> LRFinderResult:
     """Sweep the learning rate over `num_it` training steps (cycling through the loader's
-    epochs as needed); the model comes back exactly as it was."""
+    epochs as needed) at `precision` (as training: planet.learn.fit.precision_for); the model
+    comes back exactly as it was. It reads every step's loss (it decides on each)."""
     sweep = exponential_lrs(start_lr, end_lr, num_it)
     loss_fn = loss_function(task)
     n_groups = len(param_groups(model))
@@ -119,6 +123,9 @@ def lr_find(
     with preserved(model):
         model.train()
         optimizer = make_optimizer(model, [sweep[0]] * n_groups, weight_decay)
+        param = next(model.parameters())
+        chosen = precision_for(param.device, precision, amp)
+        scaler = chosen.scaler()
         avg, best = 0.0, math.inf
         epoch = 0
         while len(lrs) < num_it and not stopped:
@@ -128,7 +135,8 @@ def lr_find(
                 lr = sweep[len(lrs)]
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = _train_step(model, images, targets, loss_fn, optimizer, amp)
+                step = _train_step(model, images, targets, loss_fn, optimizer, chosen, scaler)
+                loss = float(step)
                 if not math.isfinite(loss):
                     stopped = True
                     break

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # torch, torchvision and matplotlib load only when a stage re
     from planet.learn.callbacks import Callback
     from planet.learn.loader import Loader
     from planet.learn.lr_finder import LRFinderResult
+    from planet.learn.precision import Precision
     from planet.store.sized import ImageData
     from planet.store.split import Split
 
@@ -188,6 +189,7 @@ def _finder(
     run: ModelRun,
     index: int,
     key: str,
+    precision: Precision,
 ) -> LRFinderResult:
     """The LR finder's sweep for this stage, reused from lr_find-<i>.json when it was already
     run for the same fingerprint (a resumed stage does not sweep again)."""
@@ -207,6 +209,7 @@ def _finder(
         task=task,  # type: ignore[arg-type]
         num_it=recipe.lr_find_iterations,
         weight_decay=recipe.weight_decay,
+        precision=precision,
     )
     if not result.lrs:
         raise StageError("the LR finder's loss diverged at once; check the data and the model")
@@ -274,17 +277,20 @@ def run_stage(
     compile_model: bool = False,
     callbacks: Sequence[Callback] = (),
     fold: Fold | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Train stage `index` of `recipe` from `previous` (a stage bundle; None: the backbone's
     initial weights; `previous_sha256`: its hash when the caller has it already); returns the
     stage's record (also written as stage-<i>.json). A stage
     already done (`ModelRun.stage_complete`) returns its record without training. `callbacks`
     hook into the fit (planet.learn.callbacks; `after_lr_find` hears the LR finder); `fold`:
-    a k-fold member's held-out fold (planet.learn.members)."""
+    a k-fold member's held-out fold (planet.learn.members); `precision`: auto, fp32, bf16 or
+    fp16 (planet.learn.precision), for the LR finder and the fit alike."""
     import torch
 
     from planet.learn.fit import fit_one_cycle, resolve_device
     from planet.learn.model import export_bundle
+    from planet.learn.precision import choose_precision
     from planet.report import plots
 
     comp = ws.competition
@@ -302,6 +308,7 @@ def run_stage(
         return done
 
     dev = resolve_device(device)
+    chosen = choose_precision(dev, precision)  # ValueError naming the setting, before training
     cl = True if channels_last is None else channels_last
     seed = recipe.seed * 1000 + index
     torch.manual_seed(seed)
@@ -317,7 +324,7 @@ def run_stage(
     )
     finder = None
     if stage.runs_finder:
-        finder = _finder(model, train, recipe, comp.task, run, index, key)
+        finder = _finder(model, train, recipe, comp.task, run, index, key, chosen)
         for cb in callbacks:
             cb.after_lr_find(finder)
     suggestion = finder.suggestion(recipe.lr_suggestion) if finder else None
@@ -333,6 +340,7 @@ def run_stage(
         checkpoint_dir=run.checkpoints(index),
         key=key,
         callbacks=callbacks,
+        precision=chosen,
         step_model=torch.compile(model) if compile_model else None,
     )
     weights = run.stage_weights(index)
@@ -370,6 +378,7 @@ def run_stage(
         "train_images": len(data.train_names),
         "valid_images": len(data.valid_names),
         "device": str(dev),
+        "precision": chosen.name,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json_atomic(run.stage_record(index), record)

@@ -53,7 +53,7 @@ STAGE_OUTPUTS: dict[str, list[str]] = {
     "submit": ["submissions/*.json"],
 }
 STAGES = list(STAGE_OUTPUTS)
-TIMING_FIELDS = ("seconds", "images_per_s")
+TIMING_FIELDS = ("seconds", "images_per_s", "first_step_s")
 
 
 @dataclass
