@@ -247,6 +247,9 @@ def predict_images(
     ] = None,
     device: Annotated[str, Parameter(help="auto, cpu, cuda, cuda:1...")] = "auto",
     batch_size: Annotated[int, Parameter(help="images per batch")] = 64,
+    precision: Annotated[
+        Literal["auto", "fp32", "bf16", "fp16"], Parameter(help="as `planet run --precision`")
+    ] = "auto",
 ) -> int:
     """Predict new imagery with a trained model: writes `image_name,tags` (Planet) or `id,label`
     (Dogs vs Cats) rows, resized, TTA'd and thresholded as the run did. Files that cannot be
@@ -264,6 +267,7 @@ def predict_images(
         method=method,
         device=device,
         batch_size=batch_size,
+        precision=precision,
     )
     print(
         f"predicted {result['predicted']} image(s) of {source} with {result['model']} "

@@ -276,6 +276,7 @@ def test_probabilities_are_the_tta_mean_of_the_model(models, tmp_path):
     from planet.infer.tta import predict_probs
     from planet.learn.augment import to_model_input
     from planet.learn.model import load_bundle
+    from planet.learn.precision import choose_precision
 
     folder = tmp_path / "one"
     folder.mkdir()
@@ -293,9 +294,11 @@ def test_probabilities_are_the_tta_mean_of_the_model(models, tmp_path):
             tta=tta,
             probabilities=True,
             device="cpu",
+            precision="fp32",  # exact: in bf16 the channels_last and plain layouts round apart
         )
         got = np.array([float(v) for v in read_csv(out)[1][0][2:]])
-        want = predict_probs(bundle.model, x, "multi_label", tta=tta)[0].numpy()
+        fp32 = choose_precision(torch.device("cpu"), "fp32")
+        want = predict_probs(bundle.model, x, "multi_label", tta=tta, precision=fp32)[0].numpy()
         assert np.allclose(got, want, atol=2e-6), tta
     plain = [float(v) for v in read_csv(tmp_path / "False.csv")[1][0][2:]]
     assert plain != [float(v) for v in read_csv(tmp_path / "True.csv")[1][0][2:]]
@@ -389,6 +392,27 @@ def test_cuda_asked_for_without_cuda_is_one_line(models, tmp_path, capsys, monke
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--device cuda" in err[0] and "CUDA is not available" in err[0]
+
+
+def test_the_precision_is_asked_for_and_recorded(models, tmp_path, capsys):
+    """--precision reaches the forward pass (fp16 has no CPU autocast: one line) and the
+    result names the precision used."""
+    (tmp_path / "a.jpg").write_bytes(jpeg(1))
+    argv = ["predict-images", str(tmp_path), "--model", str(models["planet"]), "--device", "cpu"]
+    argv += ["--out", str(tmp_path / "x.csv"), "--thresholds", str(models["planet_t"])]
+    assert main([*argv, "--precision", "fp16"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precision fp16" in err[0]
+    assert not (tmp_path / "x.csv").exists()
+    result = predict_source(
+        tmp_path,
+        models["planet"],
+        tmp_path / "y.csv",
+        thresholds=models["planet_t"],
+        device="cpu",
+        precision="fp32",
+    )
+    assert result["precision"] == "fp32"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,12 +110,14 @@ class Predictor:
         method: str | None = None,
         device: str = "auto",
         probabilities: bool = False,
+        precision: str = "auto",
     ) -> None:
         import torch
 
         from planet.infer.tta import check_beta
         from planet.learn.fit import resolve_device
         from planet.learn.model import load_bundle
+        from planet.learn.precision import choose_precision
         from planet.resize.image import check_method
 
         self.model_path = Path(model)
@@ -132,6 +134,10 @@ class Predictor:
         self.bundle = load_bundle(self.model_path, device=where)
         self.bundle.model.to(memory_format=torch.channels_last)  # as the predict stage does
         self.device = next(self.bundle.model.parameters()).device
+        try:  # as the predict stage chooses (planet.learn.precision)
+            self.precision = choose_precision(self.device, precision)
+        except ValueError as exc:
+            raise PredictSetupError(f"--precision {precision}: {exc}") from None
         self.settings = run_settings(
             self.model_path,
             self.model_sha256,
@@ -184,6 +190,7 @@ class Predictor:
             "method": s.method,
             "from": dict(s.sources),
             "device": str(self.device),
+            "precision": self.precision.name,
         }
 
     def fingerprint(self) -> dict[str, Any]:
@@ -196,6 +203,7 @@ class Predictor:
             "beta": self.settings.beta,
             "method": self.settings.method,
             "header": self.header,
+            "precision": self.precision.name,
         }
 
     def probs(self, pixels: np.ndarray) -> np.ndarray:
@@ -215,6 +223,7 @@ class Predictor:
             self.bundle.task,
             tta=self.settings.tta,
             beta=self.settings.beta,
+            precision=self.precision,
         )
         return out.to("cpu").numpy()
 
@@ -299,6 +308,7 @@ def predict_source(
     method: str | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Predict every image of `source` (a folder, a .zip/.tar/.tar.7z, original-image shards)
     with `model` into the CSV `out`; what was predicted, the bad files (named, with why) and
@@ -312,6 +322,7 @@ def predict_source(
         method=method,
         device=device,
         probabilities=probabilities,
+        precision=precision,
     )
     rows: list[list[str]] = []
     bad: list[dict[str, str]] = []
