@@ -148,7 +148,7 @@ class _ShardFile:
 
     def __init__(self, path: Path) -> None:
         self.sink = pa.OSFile(str(path), mode="w")
-        self.fd = os.open(path, os.O_RDONLY)
+        self.reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
         self.sha = hashlib.sha256()
         self.hashed = 0
         self.chunk = memoryview(bytearray(CHUNK))
@@ -163,16 +163,16 @@ class _ShardFile:
         syncing it unless a sync is still running."""
         end = self.sink.tell() if end is None else end
         while self.hashed < end:
-            got = os.preadv(self.fd, [self.chunk[: end - self.hashed]], self.hashed)
-            if got == 0:
-                raise OSError(f"{self.sink} ended at {self.hashed} bytes, not {end}")
+            got = self.reader.readinto(self.chunk[: end - self.hashed])
+            if not got:
+                raise OSError(f"{self.reader.name} ended at {self.hashed} bytes, not {end}")
             self.sha.update(self.chunk[:got])
             self.hashed += got
         if self.pending is not None:
             if not self.pending.done():
                 return
             self.pending.result()  # a failed sync (EIO, ENOSPC) raises here
-        self.pending = self.pool.submit(_SYNC, self.fd)
+        self.pending = self.pool.submit(_SYNC, self.reader.fileno())
 
     def finish(self) -> str:
         """Close the file (written completely); its sha256."""
@@ -187,7 +187,7 @@ class _ShardFile:
             if not self.sink.closed:
                 self.sink.close()
         finally:
-            os.close(self.fd)
+            self.reader.close()
         if exc_type is None and self.pending is not None:
             self.pending.result()
 
