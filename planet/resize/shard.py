@@ -148,7 +148,11 @@ class _ShardFile:
 
     def __init__(self, path: Path) -> None:
         self.sink = pa.OSFile(str(path), mode="w")
-        self.reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
+        try:
+            self.reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
+        except BaseException:
+            self.sink.close()
+            raise
         self.sha = hashlib.sha256()
         self.hashed = 0
         self.chunk = memoryview(bytearray(CHUNK))
