@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import signal
@@ -166,6 +167,33 @@ def test_other_jpeg_kinds_decode() -> None:
         assert out.shape == (50, 50, 3)
     out = resize.resize_jpeg(gray, 50)
     assert np.array_equal(out[:, :, 0], out[:, :, 1])  # grey stays grey
+
+
+@pytest.mark.parametrize("size", [64, 128, 83, 166, 332])
+def test_decoding_into_a_buffer_gives_the_same_pixels(
+    planet_data: dict[str, Any], dogs_data: dict[str, Any], size: int
+) -> None:
+    """`out=` (the shard writer's row-group buffer): the same bytes as a fresh array, whether
+    libjpeg-turbo decodes in place (64, 128 from 256 px) or a resize finishes the job."""
+    rng = np.random.default_rng(size)
+    tiny = _jpeg((rng.random((4, 4, 3)) * 255).astype(np.uint8))  # scaled 3/8 rounds up to 2
+    odd = _jpeg((rng.random((90, 120, 3)) * 255).astype(np.uint8), progressive=True)
+    images = [
+        _first_jpeg(planet_data["train"])[1],
+        _first_jpeg(dogs_data["train"])[1],
+        odd,
+        _jpeg((rng.random((90, 120)) * 255).astype(np.uint8)),  # grey
+    ]
+    cases = [(data, size, method) for data in images for method in resize.image.METHODS]
+    for data, sz, method in [*cases, (tiny, 2, "squish")]:
+        out = np.full((sz, sz, 3), 7, np.uint8)
+        got = resize.image.resize_jpeg_unchecked(memoryview(data), sz, method, out=out)
+        assert got is out
+        assert np.array_equal(out, resize.resize_jpeg(data, sz, method)), (sz, method)
+    _, data = _first_jpeg(planet_data["train"])
+    out = np.empty((128, 128, 3), np.uint8)  # in place at 128: the retry names the damage
+    with pytest.raises(resize.BadImageError, match="truncated|[Pp]remature"):
+        resize.image.resize_jpeg_unchecked(data[: len(data) // 2], 128, "squish", out=out)
 
 
 def test_bad_images_raise_bad_image_error(planet_data: dict[str, Any]) -> None:
@@ -361,6 +389,27 @@ def test_bad_test_image_fails_the_split(planet_data: dict[str, Any], tmp_path: P
     assert names[2] in str(err.value) and "part-00000.parquet" in str(err.value)
     assert "submission" in str(err.value)
     assert not (out / MANIFEST).exists()
+    assert shards.shard_files(out) == [] and _leftovers(out) == []
+
+
+def test_a_failed_background_sync_fails_the_shard(
+    planet_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row groups are synced to disk in a background thread while the next ones decode;
+    a disk error there fails the shard like one in the final fsync: nothing half-written."""
+    calls: list[int] = []
+
+    def broken_sync(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(resize.shard, "ROW_GROUP_BYTES", 3 * 64 * 64 * 3)  # 3 images a group
+    monkeypatch.setattr(resize.shard, "_SYNC", broken_sync)
+    src = shards.shard_paths(planet_data["train"])[0]
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="Input/output error"):
+        resize.shard.resize_shard(src, out / src.name, 64, planet_data["labels"])
+    assert calls
     assert shards.shard_files(out) == [] and _leftovers(out) == []
 
 

@@ -136,21 +136,42 @@ def resize_jpeg(data: bytes, size: int, method: Method = "squish") -> np.ndarray
     return resize_jpeg_unchecked(data, check_size(size), check_method(method))
 
 
-def resize_jpeg_unchecked(data: bytes | memoryview, size: int, method: str) -> np.ndarray:
-    """`resize_jpeg` without the argument checks (called once per image)."""
+def _lands_exactly(h: int, w: int, size: int) -> bool:
+    """Whether DCT scaling alone turns an `h x w` image into the `size x size` output, for
+    either method: a square image whose side times n/8 is exactly `size` (n <= 8: Planet's
+    256 px at 128, 64, 32), at least 8 px so that no smaller n rounds up to the same size."""
+    return h == w >= 8 and (size * 8) % h == 0 and 1 <= size * 8 // h <= 8
+
+
+def resize_jpeg_unchecked(
+    data: bytes | memoryview, size: int, method: str, out: np.ndarray | None = None
+) -> np.ndarray:
+    """`resize_jpeg` without the argument checks (called once per image).
+
+    With `out` (a C-contiguous `size x size x 3` uint8 array) the result is written there and
+    `out` returned; where DCT scaling lands exactly on the size, libjpeg-turbo decodes straight
+    into it (no second copy of the pixels)."""
     why = _not_jpeg(data)
     if why is not None:
         raise BadImageError(why)
+    buffer = None
     try:
         h, w, _, _ = simplejpeg.decode_jpeg_header(data)
         if w * h > MAX_PIXELS:
             raise BadImageError(f"{w}x{h} pixels is too large (more than {MAX_PIXELS:,})")
         wh, ww = _wanted(h, w, size, method)
-        arr = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=wh, min_width=ww)
+        if out is not None and _lands_exactly(h, w, size):
+            buffer = out
+        arr = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=wh, min_width=ww, buffer=buffer
+        )
         im = None
     except ValueError as first:
         if isinstance(first, BadImageError):
             raise
+        if buffer is not None:  # e.g. the decoder chose another scale: decode as usual
+            out[...] = resize_jpeg_unchecked(data, size, method)
+            return out
         try:
             im, h, w = _decode_pil(data, size, method)
         except BadImageError as exc:
@@ -164,13 +185,23 @@ def resize_jpeg_unchecked(data: bytes | memoryview, size: int, method: str) -> n
                 f"cannot be decoded (libjpeg-turbo: {first}; Pillow: {exc})"
             ) from exc
         arr = None
+    if buffer is not None and arr.shape == out.shape:
+        return out  # decoded in place; a square scaled by n/8 needs no finishing box
     sh, sw = (arr.shape[0], arr.shape[1]) if arr is not None else (im.height, im.width)
     box = _box(h, w, sh, sw, method)
     if arr is not None and (sh, sw) == (size, size) and box == (0.0, 0.0, size, size):
-        return arr
+        if out is None:
+            return arr
+        if buffer is None:
+            out[...] = arr
+        return out
     if im is None:
-        im = Image.fromarray(arr)
-    return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+        im = Image.fromarray(arr if buffer is None else arr.copy())  # arr may lie in `out`
+    resized = np.asarray(im.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    if out is None:
+        return resized
+    out[...] = resized
+    return out
 
 
 def resize_decoded(im: Image.Image, size: int, method: Method = "squish") -> np.ndarray:
