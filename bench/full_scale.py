@@ -301,6 +301,15 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
                     "resize", n_all, "--sizes", "64", "128", "256", note="x3 sizes: 64, 128, 256"
                 )
             )
+            shards = tmp / "data" / PLANET.slug / "shards"
+            on_disk = {
+                d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+                for d in sorted(shards.iterdir())
+                if d.is_dir()
+            }
+            print(
+                "shards on disk: " + ", ".join(f"{k} {v / GB:.2f} GB" for k, v in on_disk.items())
+            )
             stages.append(
                 planet(
                     "train",
