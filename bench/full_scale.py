@@ -257,12 +257,11 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
     import secrets
 
     from planet.kaggle_local import LocalKaggleServer
+    from planet.workspace import Workspace
 
     sizes = {"train": args.train, "test": args.test, "additional": args.additional}
     n_all = sum(sizes.values())
     n_test = args.test + args.additional
-    n_valid = round(args.train * 0.2)  # the split's default valid_pct
-    n_train = args.train - n_valid
     user, key = "full-scale-bench", secrets.token_hex(16)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KAGGLE_"))}
     base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), base.get("PYTHONPATH")]))
@@ -301,6 +300,10 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
                     "resize", n_all, "--sizes", "64", "128", "256", note="x3 sizes: 64, 128, 256"
                 )
             )
+            split = Workspace.of(tmp / "data", PLANET).split.read()  # made by resize
+            n_valid = int(split.is_valid.sum())
+            n_train = len(split.names) - n_valid
+            n_train -= n_train % 32  # the recipe's batch of 32, drop_last
             shards = tmp / "data" / PLANET.slug / "shards"
             on_disk = {
                 d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
@@ -314,7 +317,7 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
                 planet(
                     "train",
                     n_train,
-                    note=f"64 px, 1 epoch ({n_train:,} train images; + validation of {n_valid:,})",
+                    note=f"64 px, 1 epoch: {n_train:,} train images, then {n_valid:,} valid",
                 )
             )
             stages[-1].name = "train 64 px (1 epoch)"
@@ -404,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     print("targets: ratio >= 1.5; peak RSS <= 3 GB for every stage")
     print(f"full_scale ratio={seed.seconds / prepare.seconds:.3f}")
     print(f"full_scale peak_rss_gb={project_peak / GB:.3f}")
+    anon = max(stages[1:], key=lambda s: s.peak_anon)
+    print(f"(own memory, RssAnon: largest {anon.peak_anon / GB:.3f} GB, in {anon.name})")
     return 0
 
 
