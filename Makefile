@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 WORKDIR ?= demo
 COMPETITION ?= planet
 
-.PHONY: demo test lint bench env
+.PHONY: demo test lint bench bench-full env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,4 +35,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/cached_rerun.py
 	$(BIN)/python bench/ensemble.py
+	$(BIN)/python bench/tables.py
 	$(BIN)/python bench/reliability.py
+
+bench-full: $(STAMP)  # the full-size Planet, stage by stage (~30 GB of disk, ~20 min)
+	$(BIN)/python bench/full_scale.py
