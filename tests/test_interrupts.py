@@ -309,3 +309,31 @@ def test_a_child_in_its_own_session_dies_with_its_killed_parent():
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_closing_workers_heartbeat_failure_is_dropped_and_only_then():
+    """The shutdown race behind the traceback after a Ctrl-C mid-resize: distributed logs
+    "Failed to communicate with scheduler during heartbeat" while the worker closes its own
+    connection pool. Dropped then; kept while the worker runs (a real lost scheduler)."""
+    import logging
+    from types import SimpleNamespace
+
+    from distributed.core import Status
+
+    from planet.resize.cluster import _ClosingHeartbeatFilter
+
+    worker = SimpleNamespace(status=Status.running)
+    keep = _ClosingHeartbeatFilter(worker)
+    record = logging.LogRecord(
+        "distributed.worker",
+        logging.ERROR,
+        __file__,
+        1,
+        "Failed to communicate with scheduler during heartbeat.",
+        None,
+        None,
+    )
+    other = logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, "boom", None, None)
+    assert keep.filter(record) and keep.filter(other)
+    worker.status = Status.closing
+    assert not keep.filter(record) and keep.filter(other)

@@ -119,11 +119,41 @@ def dask_client(
     try:
         client = Client(cluster)
         try:
+            client.register_plugin(quiet_closing_heartbeat(), name="quiet-closing-heartbeat")
             yield client
         finally:
             client.close()
     finally:
         cluster.close()
+
+
+class _ClosingHeartbeatFilter(logging.Filter):
+    """Drops distributed's "Failed to communicate with scheduler during heartbeat" record
+    (with its traceback) while its worker is closing: the heartbeat then races the worker's
+    own connection pool closing (CommClosedError "ConnectionPool closing"), a harmless shutdown
+    race that printed a traceback after every Ctrl-C mid-resize. Any other time it stays."""
+
+    def __init__(self, worker: distributed.Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from distributed.core import Status
+
+        closing = self.worker.status in (Status.closing, Status.closed, Status.failed)
+        return not (closing and str(record.msg).startswith("Failed to communicate with"))
+
+
+def quiet_closing_heartbeat() -> distributed.WorkerPlugin:
+    """A Dask worker plugin installing `_ClosingHeartbeatFilter` in each worker process
+    (defined here: importing distributed is left to the clusters that need it)."""
+    from distributed import WorkerPlugin
+
+    class QuietClosingHeartbeat(WorkerPlugin):
+        def setup(self, worker: distributed.Worker) -> None:
+            logging.getLogger("distributed.worker").addFilter(_ClosingHeartbeatFilter(worker))
+
+    return QuietClosingHeartbeat()
 
 
 @contextlib.contextmanager

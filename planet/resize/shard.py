@@ -137,6 +137,11 @@ def _shard_done(dest: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     return meta
 
 
+def open_sink(path: Path) -> pa.NativeFile:
+    """The native file a sized shard is written through (a seam for the full-disk tests)."""
+    return pa.OSFile(str(path), mode="w")
+
+
 class _ShardFile:
     """The sized shard being written, with its sha256 and its sync to disk.
 
@@ -147,7 +152,7 @@ class _ShardFile:
     (`atomic_path`) waits for the last row group only (measurements: bench/README.md)."""
 
     def __init__(self, path: Path) -> None:
-        self.sink = pa.OSFile(str(path), mode="w")
+        self.sink = open_sink(path)
         try:
             self.reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed in __exit__)
         except BaseException:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -645,7 +646,10 @@ def test_a_full_disk_while_resizing_keeps_only_whole_shards(
     data.extract(TRAIN)
     data.extract(LABELS_ZIP)
     pixels = SHARD * SIZE * SIZE * 3  # one sized shard's pixel bytes (plus a small footer)
-    monkeypatch.setattr("planet.resize.shard.open", FullDisk(pixels * 3 // 2).open, raising=False)
+    disk = FullDisk(pixels * 3 // 2)  # the sink pyarrow writes through, on a disk this full
+    monkeypatch.setattr(
+        "planet.resize.shard.open_sink", lambda path: pa.PythonFile(disk.open(path, "wb"), "w")
+    )
     out = data.dirs.sized(SIZE, "train").folder
     with pytest.raises(OSError) as err:
         data.resize("train")
