@@ -518,3 +518,17 @@ def test_the_flows_default_model_and_csv_are_the_recipes_run(tmp_path):
     run = model_run(config.workspace, config.recipe)
     assert config.model_path == run.export
     assert config.out_path == config.workspace.predictions_dir / run.name / "new-images.csv"
+
+
+def test_the_drop_folder_starts_afresh_at_another_precision(models, tmp_path):
+    """The precision is part of what the stored rows depend on: another one predicts again."""
+    from planet.infer.drop_folder import update_drop_folder
+
+    drop, out = tmp_path / "drop", tmp_path / "out" / "new.csv"
+    drop.mkdir()
+    (drop / "a.jpg").write_bytes(jpeg(1))
+    kwargs = {"thresholds": models["planet_t"], "device": "cpu"}
+    first = update_drop_folder(drop, models["planet"], out, precision="fp32", **kwargs)
+    again = update_drop_folder(drop, models["planet"], out, precision="fp32", **kwargs)
+    other = update_drop_folder(drop, models["planet"], out, precision="bf16", **kwargs)
+    assert (first["predicted"], again["predicted"], other["predicted"]) == (1, 0, 1)

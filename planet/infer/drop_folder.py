@@ -80,6 +80,7 @@ def update_drop_folder(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     checkpoint: int = CHECKPOINT,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Predict the images of `source` not seen before into the CSV `out` (see the module doc);
     counts of what was predicted, reused and already there, and the bad files."""
@@ -92,6 +93,7 @@ def update_drop_folder(
         method=method,
         device=device,
         probabilities=probabilities,
+        precision=precision,
     )
     index_path = seen_path(out)
     fingerprint = sha256_json(predictor.fingerprint())
