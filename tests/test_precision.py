@@ -265,7 +265,7 @@ def test_fit_reads_losses_every_n_steps_not_every_step(monkeypatch):
     assert reads.batches == 20  # progress still hears every step
     for row in result.history:
         assert len(row["batch_losses"]) == 10 and all(math.isfinite(v) for v in row["batch_losses"])
-        assert row["first_step_s"] > 0 and row["images_per_s"] > 0
+        assert row["first_step_s"] >= 0 and row["images_per_s"] > 0  # a tiny net: can round to 0
         assert "skipped_steps" not in row  # fp32 skips nothing
 
 
