@@ -2,7 +2,8 @@
 peak memory, against the seeds' way of unpacking the same archives.
 
     .venv/bin/python bench/full_scale.py [--train 40479 --test 40669 --additional 20522]
-        [--batches-256 200] [--batch-256 32] [--no-submit] [--keep]
+        [--batches-256 200] [--batch-256 32] [--precision-256 auto] [--no-submit] [--keep]
+        [--stop-after prepare]
 
 The competition (`planet.synthetic`, seed 0; 1.3 GB of `.tar.7z` at full size) is generated
 once and cached under `$TMPDIR/planet-bench-full/g<generator version>-<sizes>-s0/` (~5 min at
@@ -21,9 +22,11 @@ Each stage runs in a fresh child process, one after another in one fresh data fo
   image of the split, a fixed one-cycle rate of 2e-3 (no LR finder), batch 32, augmentation
   on; the epoch ends with the validation pass;
 - `train 256`: the same model, 256 px, `--batches-256` steps of `--batch-256` images through
-  the library (`read_images` memory-maps the 256 px train folder, `Loader` with augmentation
-  and 2 workers, `_train_step` with AdamW, channels_last, as the train stage runs): the
-  recipe has no batch limit and a 256 px epoch on 2 cores takes hours; the point is memory;
+  the library (`read_images` over the 256 px train folder, `Loader` with augmentation and 2
+  workers reading batches from the shard files, `_train_step` with AdamW, channels_last, at
+  the precision the train stage chooses: bf16 where the CPU has it natively, `--precision-256`
+  to force one): the recipe has no batch limit and a 256 px epoch on 2 cores takes hours; the
+  point is memory;
 - `predict`: `planet run --stages predict --no-tta` (TTA off: one pass, not 8 symmetries) of
   every validation and test image at 64 px; `thresholds`; `submission`; `submit`: to the local
   server, waiting for the grader's score.
@@ -31,8 +34,8 @@ Each stage runs in a fresh child process, one after another in one fresh data fo
 Memory: every 0.2 s the stage's process tree (the child and all its descendants: Dask workers,
 loader threads are in the child) is read from `/proc/<pid>/status`; "peak RSS" is the largest
 sum of `VmRSS` over the tree at one sample, "anon" the same for `RssAnon` (the processes' own
-memory: `RssFile`, the rest, counts the pages of memory-mapped shards that were read, which
-the kernel can drop as page cache). `hwm` is the child's own `ru_maxrss` (`os.wait4`).
+memory: `RssFile`, the rest, is mostly shared libraries; shard pages read with `os.preadv`
+stay in the page cache, outside every process's RSS). `hwm` is the child's own `ru_maxrss` (`os.wait4`).
 images/s: images the stage handled over its seconds (wall time of the whole child: Python
 start-up, imports and Prefect round trips included).
 
@@ -167,12 +170,12 @@ def seed_unpack(archives: list[Path], out: Path, env: dict[str, str], log: Path,
     return stage
 
 
-def train_256(data_dir: str, batches: int, batch_size: int) -> None:
+def train_256(data_dir: str, batches: int, batch_size: int, precision: str) -> None:
     """The child of the 256 px stage: `batches` training steps over the mapped train folder."""
     import torch
 
     from planet.learn.augment import Augment
-    from planet.learn.fit import _train_step, loss_function, make_optimizer
+    from planet.learn.fit import _train_step, loss_function, make_optimizer, precision_for
     from planet.learn.loader import Loader
     from planet.learn.model import create_model, to_channels_last
     from planet.workspace import Workspace
@@ -194,10 +197,14 @@ def train_256(data_dir: str, batches: int, batch_size: int) -> None:
     model.train()
     optimizer = make_optimizer(model, [float(LR)] * len(model.param_groups()))
     loss_fn = loss_function("multi_label")
+    chosen = precision_for(torch.device("cpu"), precision)  # as the train stage chooses
+    scaler = chosen.scaler()
+    print(f"precision: {chosen.name}", flush=True)
     done, t0, steady = 0, time.perf_counter(), 0.0
     while done < batches:
         for images, targets in loader:
-            loss = _train_step(model, images, targets, loss_fn, optimizer, amp=False)
+            step = _train_step(model, images, targets, loss_fn, optimizer, chosen, scaler)
+            loss = float(step)
             done += 1
             if done == 1:
                 steady = time.perf_counter()  # the first step: start-up, first touches
@@ -207,7 +214,16 @@ def train_256(data_dir: str, batches: int, batch_size: int) -> None:
             if done >= batches:
                 break
     rate = (done - 1) * batch_size / max(time.perf_counter() - steady, 1e-9)
-    print(json.dumps({"batches": done, "images": done * batch_size, "steps_rate": rate}))
+    print(
+        json.dumps(
+            {
+                "batches": done,
+                "images": done * batch_size,
+                "steps_rate": rate,
+                "precision": chosen.name,
+            }
+        )
+    )
 
 
 def recipe_json(path: Path) -> Path:
@@ -295,6 +311,8 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
             archives = sorted(kaggle_root.glob(f"{PLANET.slug}/*.tar.7z"))
             stages = [seed_unpack(archives, tmp / "seed-unpack", env, logs / "seed.log", n_all)]
             stages.append(planet("prepare", n_all, note="fetch+extract, all files"))
+            if args.stop_after == "prepare":
+                return stages
             stages.append(
                 planet(
                     "resize", n_all, "--sizes", "64", "128", "256", note="x3 sizes: 64, 128, 256"
@@ -340,6 +358,8 @@ def run_stages(args: argparse.Namespace, kaggle_root: Path, tmp: Path) -> list[S
                         str(args.batches_256),
                         "--batch-256",
                         str(args.batch_256),
+                        "--precision-256",
+                        args.precision_256,
                     ],
                     env,
                     n256,
@@ -370,13 +390,24 @@ def main(argv: list[str] | None = None) -> int:
         ap.add_argument(f"--{name}", type=int, default=n, help=f"images (default {n:,})")
     ap.add_argument("--batches-256", type=int, default=200, help="training steps at 256 px")
     ap.add_argument("--batch-256", type=int, default=32, help="images per 256 px step")
+    ap.add_argument(
+        "--precision-256",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="the 256 px steps' precision (auto: as the train stage chooses)",
+    )
     ap.add_argument("--submit", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--keep", action="store_true", help="keep the data folder (printed)")
+    ap.add_argument(
+        "--stop-after",
+        choices=["prepare"],
+        help="stop after this stage (the unpacking comparison alone: prepare)",
+    )
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "planet-bench-full")
     ap.add_argument("--child-train-256", metavar="DATA_DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child_train_256:
-        train_256(args.child_train_256, args.batches_256, args.batch_256)
+        train_256(args.child_train_256, args.batches_256, args.batch_256, args.precision_256)
         return 0
     if shutil.which("7z") is None or shutil.which("tar") is None:
         sys.exit("7z (p7zip) and tar are needed for the seeds' way of unpacking")

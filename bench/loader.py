@@ -11,8 +11,8 @@ tag) and, through the project's own stages, as original-image shards resized by
 
 What is compared, both yielding normalised float32 (64, 3, 128, 128) batches and labels:
 
-- project: `read_images` (timed apart: once per training run; it memory-maps the shards, so
-  each batch is gathered from the files' pages) and `Loader(shuffle=True,
+- project: `read_images` (timed apart: once per training run; it locates the pixels in the
+  shards, so each batch is read from the files with `os.preadv`) and `Loader(shuffle=True,
   augment=Augment())` (dihedral, zoom 1.05, lighting 0.1 per sample) on the `cpu` device, with
   `--workers` threads, torch's intra-op threads set to `--torch-threads` (default 1, as in each
   DataLoader worker: the same number of busy threads on both sides; measured on the 2-core

@@ -243,34 +243,43 @@ def test_prediction_from_the_maps_equals_the_full_copy(tmp_path, monkeypatch):
     np.testing.assert_array_equal(mapped, copied)
 
 
-# a fresh interpreter reads the folder and runs one epoch of the loader, sampling its own
-# anonymous resident memory (RssAnon: its heap, not the page cache's file pages it maps)
+# a fresh interpreter reads the folder and runs one epoch of the loader, sampling its resident
+# memory: RssAnon (its own heap) and VmRSS (that plus the file pages it has mapped)
 MEMORY_PROBE = """
 import json, sys
 import numpy as np
 from planet.learn.loader import Loader
+from planet.store.mapped import MappedPixels
 from planet.store.sized import ImageData, read_images
 
-def anon():
+def status():
+    found = {}
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
+            key = line.split(":")[0]
+            if key in ("RssAnon", "VmRSS"):
+                found[key] = int(line.split()[1]) * 1024
+    return found
 
-folder, copy = sys.argv[1], sys.argv[2] == "copy"
+folder, mode = sys.argv[1], sys.argv[2]
 warm = read_images(folder)  # imports, allocator and torch warmed on a first, dropped read
 for _ in Loader(warm, np.arange(64), batch_size=32):
     pass
 del warm
-start = peak = anon()
+start = status()
+peak = dict(start)
 data = read_images(folder)
-if copy:  # the old reader: the whole folder in one array
+if mode == "copy":  # the old reader: the whole folder in one array
     data = ImageData(data.names, np.asarray(data.images), data.labels, data.classes, None)
+elif mode == "maps":  # batches copied from the maps instead of read from the files
+    images = MappedPixels(data.images.pieces, data.images.shape[1:], read_files=False)
+    data = ImageData(data.names, images, data.labels, data.classes, None)
 n = 0
 for images, _ in Loader(data, batch_size=32, shuffle=True, workers=1, prefetch=1):
     n += len(images)
-    peak = max(peak, anon())
-print(json.dumps({"growth": peak - start, "images": n}))
+    peak = {k: max(v, status()[k]) for k, v in peak.items()}
+growth = {k: peak[k] - start[k] for k in start}
+print(json.dumps({"anon": growth["RssAnon"], "rss": growth["VmRSS"], "images": n}))
 """
 
 
@@ -286,21 +295,45 @@ def peak_growth(folder: Path, mode: str) -> dict[str, int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # ~25 s: writes 240 MB and runs two epochs in fresh interpreters
+@pytest.mark.slow  # ~30 s: writes 240 MB and runs three epochs in fresh interpreters
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's RssAnon")
 def test_an_epoch_over_a_multi_shard_folder_does_not_copy_it(tmp_path):
     """4 shards of ~60 MB: an epoch over the maps grows the process's own memory by well under
-    half the folder; the same epoch over a full copy (the old reader) grows it by the folder
-    (which shows the measurement sees a copy)."""
+    half the folder, and its whole RSS too (batches are read from the files: the page cache
+    holds the shards, not the process); the same epoch copying batches from the maps grows the
+    RSS by most of the folder, and one over a full copy (the old reader) grows its own memory
+    by the folder (so the measurement sees both)."""
     folder = tmp_path / "s"
     write_resized_folder(folder, n_shards=4, rows=1200, size=128, labelled=True)
     folder_bytes = sum(p.stat().st_size for p in folder.glob("*.parquet"))
     assert folder_bytes > 4 * 55 * 2**20
     mapped = peak_growth(folder, "map")
     assert mapped["images"] == 4800
-    assert mapped["growth"] < folder_bytes / 2, (mapped, folder_bytes)
+    assert mapped["anon"] < folder_bytes / 2, (mapped, folder_bytes)
+    assert mapped["rss"] < folder_bytes / 2, (mapped, folder_bytes)
+    from_maps = peak_growth(folder, "maps")
+    assert from_maps["anon"] < folder_bytes / 2, (from_maps, folder_bytes)
+    assert from_maps["rss"] > 0.8 * folder_bytes, (from_maps, folder_bytes)
     copied = peak_growth(folder, "copy")
-    assert copied["growth"] > 0.9 * folder_bytes, (copied, folder_bytes)
+    assert copied["anon"] > 0.9 * folder_bytes, (copied, folder_bytes)
+
+
+def test_batches_are_read_from_the_files_at_every_offset(tmp_path):
+    """`take` reads runs of consecutive rows of each file-backed piece with pread: any order,
+    repeats, runs across page and shard boundaries and a mix with pieces in memory give the
+    same images as copying from the maps."""
+    write_resized_folder(tmp_path / "s", n_shards=2, rows=360, size=128)  # 2 pages a shard
+    images = read_images(tmp_path / "s").images
+    assert images.mapped and len(images.pieces) == 4
+    full = np.stack(list(images))  # views of the maps
+    rng = np.random.default_rng(0)
+    for idx in (np.arange(720), np.arange(719, -1, -1), rng.integers(0, 720, 500), np.array([7])):
+        np.testing.assert_array_equal(images.take(idx), full[idx])
+    in_memory = [np.array(p) if k % 2 else p for k, p in enumerate(images.pieces)]
+    mixed = MappedPixels(in_memory, images.shape[1:])
+    assert not mixed.mapped
+    np.testing.assert_array_equal(mixed.take(np.arange(720)), full)
+    np.testing.assert_array_equal(mixed[pick := rng.permutation(720)[:333]], full[pick])
 
 
 def test_the_batch_picture_from_the_maps_equals_the_full_copy(tmp_path):

@@ -6,7 +6,7 @@ stages each do, as one call apiece.
     fit_decision          the competition's decision (thresholds or clip) fitted on validation
     write_run_submission  the submission CSV from the test splits' probabilities
 
-Memory: prediction gathers batches from the memory-mapped shards (`planet.infer.predict`);
+Memory: prediction reads its batches from the shard files (`planet.infer.predict`);
 the other stages hold probability and label tables whole (n x classes float32: 4.2 MB for
 Planet's 61,191 test images), never pixels, so they are kept in memory.
 """

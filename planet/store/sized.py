@@ -18,8 +18,9 @@ read by `_read_folder`, which checks each shard against the manifest. What calle
 
 - `read_images` -> `ImageData` (training, prediction, pictures): the pixels are
   `MappedPixels`, every shard's pixel pages viewed in place through `np.memmap` (no copy of the
-  folder, whatever its number of shards; a batch is gathered with `np.take`, copying only its
-  images). Labels become float32 multi-hot `(n, C)` or int64 class indices `(n,)`; None for
+  folder, whatever its number of shards; a batch is gathered with `np.take`, which reads only
+  its images from the files with `os.preadv`, so the shards' pages stay the page cache's and
+  out of the process's RSS). Labels become float32 multi-hot `(n, C)` or int64 class indices `(n,)`; None for
   test splits. A subset (the split's train or valid images) is a list of names, a boolean mask
   or positions, given to the `Loader`, which then reads from the same maps.
 - `read_sized` / `read_sized_shard` / `iter_sized` -> `SizedImages` (names, labels, pixels) with
@@ -410,8 +411,8 @@ def read_sized_names(
 
 def read_sized_pixels(folder: str | os.PathLike[str], names: Sequence[str]) -> np.ndarray:
     """The pixels `(len(names), size, size, 3)` of the named images of a complete sized folder,
-    in the given order (for pictures of a few images): gathered from the memory-mapped shards,
-    so only their pages are read; KeyError naming the images the folder does not hold."""
+    in the given order (for pictures of a few images): read from the shard files, so only their
+    pages are read; KeyError naming the images the folder does not hold."""
     data = read_images(folder)
     try:
         idx = data.indices(list(names))
