@@ -312,6 +312,64 @@ def test_fit_reports_skipped_fp16_steps_and_a_non_finite_loss_names_its_batch():
         )
 
 
+def test_a_resumed_fp16_fit_keeps_its_loss_scale(tmp_path):
+    """The checkpoint holds the GradScaler's state: a fit killed after an epoch whose steps
+    overflowed twice resumes at the scale it had found (16384), not at 65536 again; a
+    checkpoint from before (no scaler state) resumes at the default."""
+    calls = {"n": 0}
+
+    def overflow_twice(g: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return g * math.inf if calls["n"] in (2, 3) else g
+
+    class Stop(Exception):
+        pass
+
+    def stop(row: dict) -> None:
+        raise Stop
+
+    seen: dict = {}
+
+    class Scale(Callback):
+        def before_fit(self, fit: FitState) -> None:
+            seen.update(epoch=fit.epoch, scale=fit.scaler.get_scale())
+
+    def run(**kw) -> None:
+        torch.manual_seed(0)
+        net = TinyNet()
+        net.fc.weight.register_hook(overflow_twice)
+        fit_one_cycle(
+            net,
+            FakeLoader(6),
+            FakeLoader(1),
+            task="multi_label",
+            epochs=2,
+            lrs=[1e-3],
+            precision=FP16_CPU,
+            checkpoint_dir=tmp_path / "ck",
+            key="k",
+            callbacks=[Scale()],
+            **kw,
+        )
+
+    with pytest.raises(Stop):
+        run(on_epoch=stop)
+    assert seen == {"epoch": 0, "scale": 65536.0}
+    (path,) = (tmp_path / "ck").glob("epoch-*.pt")
+    state = torch.load(path, weights_only=True)
+    assert state["scaler"]["scale"] == 16384.0
+    run()
+    assert seen == {"epoch": 1, "scale": 16384.0}
+
+    del state["scaler"]  # a checkpoint written before the scaler was kept
+    torch.save(state, path)
+    for extra in (tmp_path / "ck").glob("epoch-*.pt"):
+        if extra != path:
+            extra.unlink()
+    run()
+    assert seen == {"epoch": 1, "scale": 65536.0}
+
+
 def test_lr_finder_runs_fp16_with_its_scaler():
     from planet.learn.lr_finder import lr_find
 

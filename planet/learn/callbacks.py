@@ -12,8 +12,8 @@ A stage (planet.learn.stages) also tells its callbacks when the LR finder has sw
 
 A callback overrides the events it needs; `fit_one_cycle` calls them in list order, so a
 checkpoint is on disk before anyone hears the epoch ended. A checkpoint holds the model,
-optimiser, scheduler, epoch, torch RNG state (the CPU's and the training GPU's) and history,
-written atomically: given the same folder and key, a fit resumes after the last finished epoch
+optimiser, scheduler, epoch, torch RNG state (the CPU's and the training GPU's), fp16's loss
+scale (the GradScaler's state) and history, written atomically: given the same folder and key, a fit resumes after the last finished epoch
 and, on the CPU, ends with the same history as an uninterrupted one. A checkpoint for another
 key (other settings or data) is ignored.
 """
@@ -53,6 +53,7 @@ class FitState:
     epoch: int = 0  # epochs finished
     step: int = 0  # the current step, from 1 over the whole fit
     resumed_from: int = 0  # epochs taken from a checkpoint
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scale (checkpointed when enabled)
 
     @property
     def total_steps(self) -> int:
@@ -171,6 +172,8 @@ class Checkpoints(Callback):
         fit.model.load_state_dict(state["model"])
         fit.optimizer.load_state_dict(state["optimizer"])
         fit.scheduler.load_state_dict(state["scheduler"])
+        if fit.scaler is not None and fit.scaler.is_enabled() and state.get("scaler"):
+            fit.scaler.load_state_dict(state["scaler"])  # the scale found, not 65536 again
         set_rng_state(state["rng"], model_device(fit.model))
         fit.history = list(state["history"])
         fit.epoch = fit.resumed_from = int(state["epoch"])
@@ -187,6 +190,7 @@ class Checkpoints(Callback):
                 "scheduler": fit.scheduler.state_dict(),
                 "rng": rng_state(model_device(fit.model)),
                 "history": fit.history,
+                "scaler": fit.scaler.state_dict() if fit.scaler is not None else {},
             },
         )
 

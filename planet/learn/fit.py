@@ -328,7 +328,7 @@ def fit_one_cycle(
     optimizer = make_optimizer(model, lrs, weight_decay)
     scheduler = make_one_cycle(optimizer, lrs, epochs * steps_per_epoch)
     scaler = chosen.scaler()
-    fit = FitState(model, optimizer, scheduler, epochs, steps_per_epoch)
+    fit = FitState(model, optimizer, scheduler, epochs, steps_per_epoch, scaler=scaler)
     cbs: list[Callback] = [Checkpoints(checkpoint_dir, key)] if checkpoint_dir else []
     cbs += list(callbacks)
     cbs += [EpochEnd(on_epoch)] if on_epoch else []
