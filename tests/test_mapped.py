@@ -336,6 +336,32 @@ def test_batches_are_read_from_the_files_at_every_offset(tmp_path):
     np.testing.assert_array_equal(mixed[pick := rng.permutation(720)[:333]], full[pick])
 
 
+def test_batches_read_without_preadv_are_the_same(tmp_path, monkeypatch):
+    """Where the OS has no `os.preadv` (pread and a copy instead) the batches are the same."""
+    from planet.store import mapped
+
+    write_resized_folder(tmp_path / "s", n_shards=2, rows=30, size=16)
+    images = read_images(tmp_path / "s").images
+    idx = np.random.default_rng(1).integers(0, 60, 40)
+    expected = images.take(idx)
+    monkeypatch.setattr(mapped, "_PREADV", False)
+    np.testing.assert_array_equal(images.take(idx), expected)
+    np.testing.assert_array_equal(expected, np.stack([images[i] for i in idx]))
+
+
+def test_a_shard_cut_short_after_reading_is_named(tmp_path):
+    """A shard truncated under a reader: the batch that reaches past its end raises one
+    OSError naming the file and what to do, not a crash (SIGBUS) or garbage."""
+    write_resized_folder(tmp_path / "s", n_shards=2, rows=30, size=16)
+    images = read_images(tmp_path / "s").images
+    shard = tmp_path / "s" / shards.shard_name(1)
+    first_shard = images.take([0, 29])
+    os.truncate(shard, shard.stat().st_size // 2)
+    np.testing.assert_array_equal(images.take([0, 29]), first_shard)  # the other shard reads
+    with pytest.raises(OSError, match=rf"{shard}.*run the resize stage again"):
+        images.take([59])
+
+
 def test_the_batch_picture_from_the_maps_equals_the_full_copy(tmp_path):
     from planet.report.show import show_random_batch
 

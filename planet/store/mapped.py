@@ -79,8 +79,8 @@ class MappedPixels:
         self._fds = [os.open(path, os.O_RDONLY) for path in paths]
         weakref.finalize(self, _close_all, list(self._fds))
         fd_of = dict(zip(paths, self._fds, strict=True))
-        # per piece: (fd, file offset of its first row) or None (an array in memory)
-        self._files = [None if s is None else (fd_of[s[0]], s[1]) for s in spans]
+        # per piece: (fd, file offset of its first row, path) or None (an array in memory)
+        self._files = [None if s is None else (fd_of[s[0]], s[1], s[0]) for s in spans]
 
     @property
     def ndim(self) -> int:
@@ -155,10 +155,9 @@ class MappedPixels:
             if file is None:
                 flat[start:end] = self.pieces[p][r : r + end - start]
                 continue
-            fd, offset = file
-            _read_exactly(
-                fd, buffer[start * self._width : end * self._width], offset + r * self._width
-            )
+            fd, offset, path = file
+            rows = buffer[start * self._width : end * self._width]
+            _read_exactly(fd, rows, offset + r * self._width, path)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         rest: tuple[Any, ...] = ()
@@ -201,12 +200,23 @@ def file_span(array: np.ndarray) -> tuple[str, int] | None:
     return str(mapped.filename), start
 
 
-def _read_exactly(fd: int, buffer: memoryview, offset: int) -> None:
+_PREADV = hasattr(os, "preadv")
+
+
+def _read_exactly(fd: int, buffer: memoryview, offset: int, path: str) -> None:
     """Fill `buffer` from `fd` at `offset` (pread may return less than asked)."""
     while len(buffer):
-        got = os.preadv(fd, [buffer], offset)
+        if _PREADV:
+            got = os.preadv(fd, [buffer], offset)
+        else:  # (no preadv on this OS: one more copy)
+            chunk = os.pread(fd, len(buffer), offset)
+            got = len(chunk)
+            buffer[:got] = chunk
         if got <= 0:
-            raise OSError(f"a shard file ended {len(buffer):,} bytes early (changed since read?)")
+            raise OSError(
+                f"{path} ended {len(buffer):,} bytes early: the shard changed after it was "
+                "opened; run the resize stage again"
+            )
         buffer, offset = buffer[got:], offset + got
 
 
