@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,22 @@ def _wait_for(condition, proc: subprocess.Popen, log: Path, what: str, limit_s: 
         time.sleep(0.2)
 
 
+def _ctrl_c_once(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, what: str) -> int:
+    """Once `ready()`, SIGINT to `proc`'s group (what Ctrl-C in the terminal does); its exit
+    code. It is killed if it has not exited within `EXIT_WAIT_S`."""
+    try:
+        _wait_for(ready, proc, log, what)
+        os.killpg(proc.pid, signal.SIGINT)
+        started = time.monotonic()
+        code = proc.wait(timeout=EXIT_WAIT_S)
+        print(f"exited {time.monotonic() - started:.1f} s after SIGINT")
+        return code
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -94,21 +111,9 @@ def test_ctrl_c_mid_training_without_a_server_exits_130_and_marks_the_runs(tmp_p
     log = tmp_path / "run.log"
     args = ["run", "--data-dir", str(data), "--stages", "train", "--recipe", str(recipe)]
     proc = _planet([*args, "--device", "cpu"], tmp_path, env, log)
-    try:
-        _wait_for(
-            lambda: any("epoch-1" in line for line in read_work_log(work_log)),
-            proc,
-            log,
-            "first epoch",
-        )
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
-        started = time.monotonic()
-        code = proc.wait(timeout=EXIT_WAIT_S)
-        print(f"exited {time.monotonic() - started:.1f} s after SIGINT")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    code = _ctrl_c_once(
+        proc, lambda: any("epoch-1" in line for line in read_work_log(work_log)), log, "first epoch"
+    )
     out = log.read_text()
     assert code == 130, out[-3000:]
     assert "interrupted: finished stages and checkpoints are kept under" in out
@@ -162,21 +167,12 @@ def test_ctrl_c_mid_resize_without_a_server_exits_130_and_leaves_no_worker(tmp_p
         args = ["run", "--data-dir", str(tmp_path / "data"), "--kaggle-endpoint", kaggle.url]
         args += ["--stages", "prepare", "resize", "--recipe", "cpu-demo", "--sizes", "32"]
         proc = _planet([*args, "--shard-size", "16"], cwd, env, log)
-        try:
-            _wait_for(
-                lambda: any("resize 32/train/part-00001" in x for x in read_work_log(work_log)),
-                proc,
-                log,
-                "the second train shard",
-            )
-            os.killpg(proc.pid, signal.SIGINT)
-            started = time.monotonic()
-            code = proc.wait(timeout=EXIT_WAIT_S)
-            print(f"exited {time.monotonic() - started:.1f} s after SIGINT")
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        code = _ctrl_c_once(
+            proc,
+            lambda: any("resize 32/train/part-00001" in x for x in read_work_log(work_log)),
+            log,
+            "the second train shard",
+        )
     out = log.read_text()
     assert code == 130, out[-3000:]
     assert "interrupted: finished stages and checkpoints are kept under" in out
