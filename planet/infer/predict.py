@@ -36,8 +36,8 @@ uninterrupted one.
 
 Memory. The images are read in place (`read_images`: each shard's pixel pages located in its
 file), so prediction streams: a part's batches are read from the files as they run, and what
-stays resident is the batches in flight, one part's probabilities and the page cache (which the OS
-may drop), not the split's pixels. The final `probs.parquet` concatenates every part's
+stays resident is the batches in flight, one part's probabilities and the page cache (which
+the OS may drop), not the split's pixels. The final `probs.parquet` concatenates every part's
 probabilities: n x classes float32, 2.8 MB for Planet's 40,669 + 20,522 test images x 17
 classes, so kept in memory.
 

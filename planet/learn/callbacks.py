@@ -13,8 +13,9 @@ A stage (planet.learn.stages) also tells its callbacks when the LR finder has sw
 A callback overrides the events it needs; `fit_one_cycle` calls them in list order, so a
 checkpoint is on disk before anyone hears the epoch ended. A checkpoint holds the model,
 optimiser, scheduler, epoch, torch RNG state (the CPU's and the training GPU's), fp16's loss
-scale (the GradScaler's state) and history, written atomically: given the same folder and key, a fit resumes after the last finished epoch
-and, on the CPU, ends with the same history as an uninterrupted one. A checkpoint for another
+scale (the GradScaler's state) and history, written atomically: given the same folder and
+key, a fit resumes after the last finished epoch and, on the CPU, ends with the same history
+as an uninterrupted one. A checkpoint for another
 key (other settings or data) is ignored.
 """
 

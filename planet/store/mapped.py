@@ -6,11 +6,9 @@ Nothing the size of the folder is ever copied: `take` (and `np.take`, fancy inde
 the selected images only, read from the shard files with `os.preadv` into the batch (one call
 per run of consecutive rows); what stays resident is the batches being made plus what the OS
 page cache keeps of the files, which it drops under memory pressure. It reads rather than
-copies from the maps because mapped pages count in the process's RSS while they stay mapped,
-and the kernel maps whole folios around each touched page: a shuffled epoch over 240 MB of
-shards kept ~220 MB of them mapped even when unmapped (`madvise`) every 64 MB gathered. Views
-(`self[i]`, iteration) still come from the maps. The index from image to (piece, row) is 12
-bytes an image.
+copies from the maps because mapped pages count in the process's RSS for as long as they stay
+mapped (measurements: bench/README.md). Views (`self[i]`, iteration) still come from the maps.
+The index from image to (piece, row) is 12 bytes an image.
 
 A shard whose pixels cannot be viewed in the file (compressed or dictionary-encoded pages,
 written by something other than `planet.resize`) is decoded by pyarrow instead, and its pieces
@@ -93,7 +91,7 @@ class MappedPixels:
     @property
     def mapped(self) -> bool:
         """Whether every piece is a view of a file (none was decoded into memory)."""
-        return all(isinstance(_root(p), np.memmap) for p in self.pieces)
+        return all(file_span(p) is not None for p in self.pieces)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -223,12 +221,3 @@ def _read_exactly(fd: int, buffer: memoryview, offset: int, path: str) -> None:
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
-
-
-def _root(array: np.ndarray) -> Any:
-    """The object at the bottom of a chain of numpy views."""
-    while isinstance(array, np.ndarray) and array.base is not None:
-        if isinstance(array, np.memmap):
-            return array
-        array = array.base
-    return array

@@ -20,8 +20,8 @@ read by `_read_folder`, which checks each shard against the manifest. What calle
   `MappedPixels`, every shard's pixel pages viewed in place through `np.memmap` (no copy of the
   folder, whatever its number of shards; a batch is gathered with `np.take`, which reads only
   its images from the files with `os.preadv`, so the shards' pages stay the page cache's and
-  out of the process's RSS). Labels become float32 multi-hot `(n, C)` or int64 class indices `(n,)`; None for
-  test splits. A subset (the split's train or valid images) is a list of names, a boolean mask
+  out of the process's RSS). Labels become float32 multi-hot `(n, C)` or int64 class indices
+  `(n,)`; None for test splits. A subset (the split's train or valid images) is a list of names, a boolean mask
   or positions, given to the `Loader`, which then reads from the same maps.
 - `read_sized` / `read_sized_shard` / `iter_sized` -> `SizedImages` (names, labels, pixels) with
   the labels as stored: uint8 multi-hot, the stored class-index dtype (int16); `read_sized`
