@@ -35,7 +35,8 @@ Memory: every 0.2 s the stage's process tree (the child and all its descendants:
 loader threads are in the child) is read from `/proc/<pid>/status`; "peak RSS" is the largest
 sum of `VmRSS` over the tree at one sample, "anon" the same for `RssAnon` (the processes' own
 memory: `RssFile`, the rest, is mostly shared libraries; shard pages read with `os.preadv`
-stay in the page cache, outside every process's RSS). `hwm` is the child's own `ru_maxrss` (`os.wait4`).
+stay in the page cache, outside every process's RSS). `hwm` is the child's own `ru_maxrss`
+(`os.wait4`).
 images/s: images the stage handled over its seconds (wall time of the whole child: Python
 start-up, imports and Prefect round trips included).
 
@@ -184,7 +185,7 @@ def best_of(rounds: list[Stage]) -> Stage:
 
 
 def train_256(data_dir: str, batches: int, batch_size: int, precision: str) -> None:
-    """The child of the 256 px stage: `batches` training steps over the mapped train folder."""
+    """The child of the 256 px stage: `batches` training steps over the train folder."""
     import torch
 
     from planet.learn.augment import Augment
@@ -435,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "planet-bench-full")
     ap.add_argument("--child-train-256", metavar="DATA_DIR", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.unpack_rounds < 1:
+        ap.error(f"--unpack-rounds must be at least 1, got {args.unpack_rounds}")
     if args.child_train_256:
         train_256(args.child_train_256, args.batches_256, args.batch_256, args.precision_256)
         return 0
